@@ -1,0 +1,22 @@
+"""autoseg: differentiable architecture search for semantic segmentation.
+
+A DARTS cell engine (:mod:`autoseg.ops`, :mod:`autoseg.search`) serving the DARTS cell
+search on CIFAR-10 and the hierarchical Auto-DeepLab search, the decoders that turn
+architecture parameters into architectures (:func:`topk_cell`, :func:`viterbi_path`), and the
+retrainable models they describe (:func:`create_model`).
+"""
+from autoseg.genotype import GENOTYPES, CellGenotype, Genotype, get_genotype, topk_cell
+from autoseg.trellis import transition_probabilities, viterbi_path
+
+__version__ = "0.1.0"
+
+__all__ = ["GENOTYPES", "CellGenotype", "Genotype", "get_genotype", "topk_cell", "transition_probabilities",
+           "viterbi_path", "create_model", "list_models"]
+
+
+def __getattr__(name: str):
+    """Import the model registry lazily (it pulls in segmentation-models-pytorch)."""
+    if name in ("create_model", "list_models"):
+        from autoseg import models
+        return getattr(models, name)
+    raise AttributeError(f"module 'autoseg' has no attribute {name!r}")

@@ -1,0 +1,86 @@
+"""Command-line conventions shared by every tool in ``tools/``.
+
+Every tool takes ``--config FILE`` and the common knobs as flags overriding the file. Bad
+input (:class:`~autoseg.errors.UserError`) ends the tool with a one-line ``error: ...`` on
+stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from autoseg.config import override
+from autoseg.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+COMMON_FLAGS: dict[str, str] = {
+    "dataset": "data.dataset",
+    "data_root": "data.root",
+    "num_classes": "data.num_classes",
+    "batch_size": "data.batch_size",
+    "crop_size": "data.crop_size",
+    "workers": "data.num_workers",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "seed": "train.seed",
+    "device": "train.device",
+}
+"""Command-line flag (argparse dest) -> dotted config key."""
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every training tool shares."""
+    parser.add_argument("--config", type=Path, help="experiment YAML (default: the one for --dataset in configs/)")
+    parser.add_argument("--dataset", help="cifar10, cityscapes, folder or synthetic")
+    parser.add_argument("--data-root", help="where the dataset lives (see the README for the layouts)")
+    parser.add_argument("--num-classes", type=int, help="number of classes (folder datasets)")
+    parser.add_argument("--out", type=Path, help="run directory to create (default: runs/<tool>/<dataset>-<time>)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    parser.add_argument("--epochs", type=int, help="number of epochs")
+    parser.add_argument("--batch-size", type=int, help="images per optimiser step")
+    parser.add_argument("--crop-size", type=int, help="training crop size in pixels")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in total (quick tries)")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--workers", type=int, help="data loader worker processes")
+    parser.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast for the forward passes")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run in RUN_DIR")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build everything that needs no data, print a JSON summary line and exit")
+
+
+def apply_overrides(config: Any, args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """Apply every flag of ``flags`` that was given; returns the dotted keys changed."""
+    changed = []
+    for dest, key in flags.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            override(config, key, value)
+            changed.append(key)
+    return changed
+
+
+def default_config(kind: str, dataset: str | None, fallback: str) -> Path:
+    """``configs/<kind>/<dataset>.yaml`` when it exists, else ``configs/<kind>/<fallback>.yaml``."""
+    candidate = CONFIG_DIR / kind / f"{dataset}.yaml"
+    return candidate if dataset and candidate.is_file() else CONFIG_DIR / kind / f"{fallback}.yaml"
+
+
+def default_run_dir(tool: str, dataset: str) -> Path:
+    """A fresh run directory name: ``runs/<tool>/<dataset>-<YYYYmmdd-HHMMSS>``."""
+    return Path("runs") / tool / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_tool(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """Run a tool's ``main``; a UserError becomes ``error: <message>`` and exit status 2."""
+    try:
+        main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", file=sys.stderr)
+        sys.exit(130)

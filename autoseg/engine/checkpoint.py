@@ -1,0 +1,104 @@
+"""Run directories, atomic checkpoints and RNG state, so that a killed run resumes."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoseg.errors import UserError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place,
+    so that ``path`` is always either the old or the new complete file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` the state atomically."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    """Write pretty JSON atomically."""
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file, or ``checkpoint.pt`` inside a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; pass a run directory of a finished epoch or a .pt file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise UserError(f"{path} is not a readable autoseg checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def prepare_run_dir(out: str | Path, resume: bool) -> Path:
+    """Create the run directory; refuse to reuse a non-empty one unless resuming it."""
+    out = Path(out)
+    if resume:
+        if not (out / CHECKPOINT_NAME).is_file():
+            raise UserError(f"cannot resume: {out / CHECKPOINT_NAME} does not exist")
+        return out
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"run directory {out} already exists and is not empty; pass --resume {out} to continue "
+                        "it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every random number generator the loops use."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)

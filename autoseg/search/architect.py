@@ -1,0 +1,110 @@
+"""Bilevel architecture updates: first-order and second-order DARTS (REFERENCE.md section 2).
+
+The architect owns the architecture optimiser (Adam on alpha, and beta for the trellis). A
+step computes grad_alpha of the validation loss and applies it:
+
+- first order: grad_alpha L_val(w, alpha);
+- second order (``unrolled=True``): with the virtual step w' = w - xi (m + grad_w L_train(w) + wd w)
+  that mimics the weight optimiser (SGD with momentum buffer m and weight decay wd),
+  grad_alpha L_val(w', alpha) - xi * H v, where v = grad_w' L_val(w', alpha) and the
+  Hessian-vector product H v = grad^2_{alpha,w} L_train(w, alpha) v is approximated by central
+  finite differences with eps = 0.01 / ||v||.
+
+The unrolled model is evaluated with :func:`torch.func.functional_call` on the same module,
+so no copy of the network is built; batch-norm running statistics are left untouched by the
+virtual forward passes.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+Batch = Sequence[torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Architect:
+    """Updates the architecture parameters of ``model`` on validation batches.
+
+    ``model`` exposes ``arch_parameters()`` and ``weight_parameters()``; ``criterion`` maps
+    (output, target) to a scalar loss; ``w_optimizer`` is the weight optimiser (its momentum
+    and weight decay shape the virtual step).
+    """
+
+    def __init__(self, model: nn.Module, criterion: LossFn, arch_optimizer: torch.optim.Optimizer,
+                 w_optimizer: torch.optim.Optimizer, unrolled: bool = False, fd_epsilon: float = 0.01):
+        self.model = model
+        self.criterion = criterion
+        self.optimizer = arch_optimizer
+        self.w_optimizer = w_optimizer
+        self.unrolled = unrolled
+        self.fd_epsilon = fd_epsilon
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.arch_params = list(model.arch_parameters())
+        self.weight_params = list(model.weight_parameters())
+        self.weight_names = [names[id(p)] for p in self.weight_params]
+
+    def step(self, train_batch: Batch, valid_batch: Batch, xi: float) -> torch.Tensor:
+        """One architecture update on ``valid_batch``; ``train_batch`` and the current weight
+        learning rate ``xi`` are used only by the second-order update. Returns the validation loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.unrolled:
+            loss, grads = self.unrolled_gradient(train_batch, valid_batch, xi)
+        else:
+            loss, grads = self.first_order_gradient(valid_batch)
+        for p, g in zip(self.arch_params, grads):
+            p.grad = g
+        self.optimizer.step()
+        return loss.detach()
+
+    def _loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        inputs, target = batch
+        if weights is None:
+            return self.criterion(self.model(inputs), target)
+        state = {n: w for n, w in zip(self.weight_names, weights)}
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+        return self.criterion(functional_call(self.model, (state, buffers), (inputs,)), target)
+
+    def first_order_gradient(self, valid_batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """grad_alpha L_val(w, alpha) and the loss."""
+        loss = self._loss(valid_batch)
+        return loss, list(torch.autograd.grad(loss, self.arch_params))
+
+    def virtual_step(self, train_batch: Batch, xi: float) -> list[torch.Tensor]:
+        """w' = w - xi * (momentum * m + grad_w L_train + wd * w), as the weight optimiser would step."""
+        loss = self._loss(train_batch)
+        grads = torch.autograd.grad(loss, self.weight_params)
+        group = self.w_optimizer.param_groups[0]
+        momentum, weight_decay = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+        unrolled = []
+        with torch.no_grad():
+            for w, g in zip(self.weight_params, grads):
+                step = g + weight_decay * w
+                buffer = self.w_optimizer.state.get(w, {}).get("momentum_buffer")
+                if buffer is not None and momentum:
+                    step = step + momentum * buffer
+                unrolled.append(w - xi * step)
+        return unrolled
+
+    def unrolled_gradient(self, train_batch: Batch, valid_batch: Batch,
+                          xi: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The second-order gradient grad_alpha L_val(w', alpha) - xi * H v and the loss at w'."""
+        unrolled = [w.requires_grad_() for w in self.virtual_step(train_batch, xi)]
+        loss = self._loss(valid_batch, unrolled)
+        grads = torch.autograd.grad(loss, self.arch_params + unrolled)
+        d_alpha, v = grads[:len(self.arch_params)], grads[len(self.arch_params):]
+        implicit = self.hessian_vector_product(v, train_batch)
+        return loss, [g - xi * h for g, h in zip(d_alpha, implicit)]
+
+    def hessian_vector_product(self, vector: Sequence[torch.Tensor], train_batch: Batch) -> list[torch.Tensor]:
+        """Central finite difference of grad_alpha L_train along ``vector`` in weight space."""
+        norm = torch.sqrt(sum((v.float() ** 2).sum() for v in vector))
+        eps = self.fd_epsilon / norm.clamp_min(1e-12)
+        plus = [w.detach() + eps * v for w, v in zip(self.weight_params, vector)]
+        minus = [w.detach() - eps * v for w, v in zip(self.weight_params, vector)]
+        g_plus = torch.autograd.grad(self._loss(train_batch, plus), self.arch_params)
+        g_minus = torch.autograd.grad(self._loss(train_batch, minus), self.arch_params)
+        return [(gp - gm) / (2 * eps) for gp, gm in zip(g_plus, g_minus)]

@@ -1,0 +1,94 @@
+"""The DARTS search network for CIFAR-10 (REFERENCE.md section 2)."""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoseg.genotype import Genotype, num_edges
+from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
+from autoseg.search.arch_decoding import decode_darts
+from autoseg.search.mixed_op import MixedCell
+
+
+class DartsSearchCell(nn.Module):
+    """A DARTS search cell: 1x1 preprocessing of both inputs, then the mixed-op DAG.
+
+    When the previous cell reduced, input state 0 is still at twice the resolution and is
+    preprocessed with FactorizedReduce, as in the reference code.
+    """
+
+    def __init__(self, c_prev_prev: int, c_prev: int, channels: int, num_blocks: int, multiplier: int,
+                 primitives: Sequence[str], reduction: bool, reduction_prev: bool):
+        super().__init__()
+        self.reduction = reduction
+        self.preprocess0 = (FactorizedReduce(c_prev_prev, channels, affine=False) if reduction_prev
+                            else ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False))
+        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
+        self.dag = MixedCell(channels, num_blocks, multiplier, primitives, reduction)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self.dag(self.preprocess0(s0), self.preprocess1(s1), weights)
+
+
+class DartsSearchNetwork(nn.Module):
+    """Stem, ``layers`` search cells (reductions at 1/3 and 2/3 depth), global pool, linear.
+
+    Holds one alpha matrix per cell type (normal, reduce), initialised as 1e-3 * N(0, 1);
+    :meth:`arch_parameters` and :meth:`weight_parameters` keep them apart for the two optimisers.
+    """
+
+    def __init__(self, num_classes: int = 10, init_channels: int = 16, layers: int = 8, num_blocks: int = 4,
+                 multiplier: int = 4, stem_multiplier: int = 3, primitives: Sequence[str] = PRIMITIVES):
+        super().__init__()
+        self.primitives = tuple(primitives)
+        self.num_blocks = num_blocks
+        self.multiplier = multiplier
+        c_curr = stem_multiplier * init_channels
+        self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        c_prev_prev, c_prev, c_curr = c_curr, c_curr, init_channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                c_curr *= 2
+            self.cells.append(DartsSearchCell(c_prev_prev, c_prev, c_curr, num_blocks, multiplier,
+                                              self.primitives, reduction, reduction_prev))
+            reduction_prev = reduction
+            c_prev_prev, c_prev = c_prev, multiplier * c_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_prev, num_classes)
+        shape = (num_edges(num_blocks), len(self.primitives))
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(shape))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters (alpha of the normal and of the reduction cell)."""
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter that is not an architecture parameter."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s0 = s1 = self.stem(x)
+        normal = F.softmax(self.alphas_normal, dim=-1)
+        reduce = F.softmax(self.alphas_reduce, dim=-1)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def arch_weights(self) -> dict[str, np.ndarray]:
+        """softmax(alpha) of each cell type, as (num_edges x num_ops) arrays."""
+        return {name: F.softmax(alpha.detach().float(), dim=-1).cpu().numpy()
+                for name, alpha in (("normal", self.alphas_normal), ("reduce", self.alphas_reduce))}
+
+    def genotype(self) -> Genotype:
+        """The discrete cells decoded with the DARTS top-2 rule."""
+        return decode_darts(self.alphas_normal, self.alphas_reduce, self.primitives, self.num_blocks,
+                            self.multiplier)

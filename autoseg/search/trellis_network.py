@@ -1,0 +1,204 @@
+"""The Auto-DeepLab search supernet: a trellis of search cells over layers and resolutions.
+
+Built by loops over (layer, level) from the definition in REFERENCE.md section 3; nothing
+depends on there being 12 layers or 4 levels.
+
+- Stem: three 3x3 convs (64 s2, 64, 128 s2; BN, ReLU), stride 4 overall, at level 0.
+- Node (l, s): one :class:`~autoseg.search.mixed_op.MixedCell` of ``blocks`` blocks on
+  ``F * 2**s`` channels (output ``blocks * F * 2**s``), shared alpha. For every incoming
+  transition from level p at layer l-1, the predecessor is resized to level s and given its
+  own preprocessing — FactorizedReduce going down (stride-2 reduction), bilinear upsampling
+  then ReLU-1x1 conv-BN going up, ReLU-1x1 conv-BN on the same level — and the cell runs on
+  it, with the same-level state of layer l-2 (ReLU-1x1 conv-BN) as second input. The node's
+  value is the transition-probability-weighted sum of those cell outputs.
+- Where the same-level state two layers back does not exist (the stem counts as layer -1
+  at level 0; a level first reached at layer l has nothing at layer l-2), the cell's own
+  preprocessed first input stands in for it, i.e. the cell receives H^{l-1} twice.
+- beta has shape (L, S, 3): logits of the moves to one level finer / same / coarser; they
+  are turned into transition probabilities by a softmax over each node's outgoing moves
+  (:func:`autoseg.trellis.transition_probabilities`).
+- Head: an ASPP module on every node of the last layer (a 1x1 branch, one 3x3 branch of
+  atrous rate ``aspp_base_rate / stride`` = 96/s, image pooling), a 1x1 classifier, logits
+  upsampled to the input size and summed.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from autoseg.genotype import num_edges
+from autoseg.models.aspp import ASPP
+from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
+from autoseg.search.arch_decoding import decode_hierarchical
+from autoseg.search.mixed_op import MixedCell
+from autoseg.trellis import predecessors, transition_probabilities, trellis_nodes
+
+STEM_CHANNELS = (64, 64, 128)
+
+
+def _resize_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class Upsample(nn.Module):
+    """Bilinear upsampling by two, then ReLU - 1x1 conv - BN to the target channels."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.project = ReLUConvBN(c_in, c_out, 1, 1, 0, affine=False)
+
+    def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return self.project(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+
+
+class TrellisNode(nn.Module):
+    """One (layer, level) node: its cell, the preprocessing of each incoming transition, and
+    the preprocessing of the same-level state two layers back (when it exists)."""
+
+    def __init__(self, level: int, sources: Sequence[int], source_channels: dict[int, int],
+                 prev_prev_channels: int | None, filter_multiplier: int, num_blocks: int,
+                 primitives: Sequence[str]):
+        super().__init__()
+        self.level = level
+        self.sources = list(sources)
+        channels = filter_multiplier * 2 ** level
+        self.inputs = nn.ModuleDict()
+        for source in self.sources:
+            c_in = source_channels[source]
+            if source < level:
+                self.inputs[str(source)] = FactorizedReduce(c_in, channels, affine=False)
+            elif source > level:
+                self.inputs[str(source)] = Upsample(c_in, channels)
+            else:
+                self.inputs[str(source)] = ReLUConvBN(c_in, channels, 1, 1, 0, affine=False)
+        self.preprocess0 = (ReLUConvBN(prev_prev_channels, channels, 1, 1, 0, affine=False)
+                            if prev_prev_channels is not None else None)
+        self.cell = MixedCell(channels, num_blocks, num_blocks, primitives)
+        self.out_channels = num_blocks * channels
+
+    def forward(self, prev: dict[int, torch.Tensor], prev_prev: torch.Tensor | None,
+                probs: torch.Tensor, cell_weights: torch.Tensor, size: torch.Size | None) -> torch.Tensor:
+        """``prev`` maps levels of layer l-1 to states, ``probs[p]`` is the probability of the
+        transition from level p; ``size`` is this level's spatial size when it must be
+        reached by upsampling."""
+        s0 = self.preprocess0(prev_prev) if self.preprocess0 is not None else None
+        total = None
+        for source in self.sources:
+            module = self.inputs[str(source)]
+            s1 = module(prev[source], size) if source > self.level else module(prev[source])
+            out = self.cell(s1 if s0 is None else s0, s1, cell_weights) * probs[source]
+            total = out if total is None else total + out
+        return total
+
+
+class SearchHead(nn.Module):
+    """ASPP (one atrous rate) and a 1x1 classifier on one last-layer node."""
+
+    def __init__(self, c_in: int, channels: int, rate: int, num_classes: int):
+        super().__init__()
+        self.aspp = ASPP(c_in, channels, rates=(rate,))
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.aspp(x))
+
+
+class TrellisSearchNetwork(nn.Module):
+    """The hierarchical (Auto-DeepLab) supernet; see the module docstring for its definition."""
+
+    def __init__(self, num_classes: int, layers: int = 12, levels: int = 4, blocks: int = 5,
+                 filter_multiplier: int = 8, primitives: Sequence[str] = PRIMITIVES,
+                 free_first_step: bool = True, aspp_base_rate: int = 96, aspp_channels: int | None = None,
+                 checkpoint_cells: bool = False):
+        super().__init__()
+        if layers < 1 or levels < 1 or blocks < 1 or filter_multiplier < 1:
+            raise ValueError("layers, levels, blocks and filter_multiplier must all be positive")
+        self.num_layers, self.num_levels, self.num_blocks = layers, levels, blocks
+        self.filter_multiplier = filter_multiplier
+        self.primitives = tuple(primitives)
+        self.free_first_step = free_first_step
+        self.checkpoint_cells = checkpoint_cells
+        c1, c2, c3 = STEM_CHANNELS
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c1, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c3), nn.ReLU(),
+        )
+        self.nodes = nn.ModuleDict()
+        channels: dict[tuple[int, int], int] = {(-1, 0): c3}
+        for layer, level in trellis_nodes(layers, levels, free_first_step):
+            sources = predecessors(layer, level, levels, free_first_step)
+            node = TrellisNode(level, sources, {p: channels[(layer - 1, p)] for p in sources},
+                               channels.get((layer - 2, level)), filter_multiplier, blocks, self.primitives)
+            self.nodes[self.node_key(layer, level)] = node
+            channels[(layer, level)] = node.out_channels
+        self.last_levels = [lv for (l, lv) in channels if l == layers - 1]
+        self.heads = nn.ModuleDict({
+            str(level): SearchHead(channels[(layers - 1, level)], aspp_channels or channels[(layers - 1, level)],
+                                   max(1, aspp_base_rate // (4 * 2 ** level)), num_classes)
+            for level in self.last_levels
+        })
+        self.alphas = nn.Parameter(1e-3 * torch.randn(num_edges(blocks), len(self.primitives)))
+        self.betas = nn.Parameter(1e-3 * torch.randn(layers, levels, 3))
+
+    @staticmethod
+    def node_key(layer: int, level: int) -> str:
+        """Name of node (layer, level) in :attr:`nodes`."""
+        return f"{layer}_{level}"
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """alpha (shared by every cell) and beta (the transitions)."""
+        return [self.alphas, self.betas]
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter that is not an architecture parameter."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def transition_probabilities(self) -> torch.Tensor:
+        """The (L, S, S) transition probabilities derived from beta."""
+        return transition_probabilities(self.betas, self.free_first_step)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cell_weights = F.softmax(self.alphas, dim=-1)
+        probs = self.transition_probabilities()
+        states: dict[tuple[int, int], torch.Tensor] = {(-1, 0): self.stem(x)}
+        sizes = {0: states[(-1, 0)].shape[-2:]}
+        for level in range(1, self.num_levels):
+            h, w = sizes[level - 1]
+            sizes[level] = torch.Size(((h + 1) // 2, (w + 1) // 2))
+        for layer in range(self.num_layers):
+            prev = {lv: s for (l, lv), s in states.items() if l == layer - 1}
+            for level in range(self.num_levels):
+                key = self.node_key(layer, level)
+                if key not in self.nodes:
+                    continue
+                args = (prev, states.get((layer - 2, level)), probs[layer, :, level], cell_weights, sizes[level])
+                node = self.nodes[key]
+                if self.checkpoint_cells and torch.is_grad_enabled():
+                    states[(layer, level)] = checkpoint(node, *args, use_reentrant=False)
+                else:
+                    states[(layer, level)] = node(*args)
+            for stale in [k for k in states if k[0] == layer - 2]:
+                del states[stale]
+        logits = None
+        for level in self.last_levels:
+            out = F.interpolate(self.heads[str(level)](states[(self.num_layers - 1, level)]), size=x.shape[-2:],
+                                mode="bilinear", align_corners=False)
+            logits = out if logits is None else logits + out
+        return logits
+
+    def arch_weights(self) -> dict[str, np.ndarray]:
+        """softmax(alpha) (num_edges x num_ops) and the transition probabilities (L x S x S)."""
+        return {"cell": F.softmax(self.alphas.detach().float(), dim=-1).cpu().numpy(),
+                "transitions": self.transition_probabilities().detach().float().cpu().numpy()}
+
+    def decode(self) -> dict:
+        """The discrete architecture: Viterbi path, top-2 cell, and the numbers behind them."""
+        return decode_hierarchical(self.alphas, self.betas, self.primitives, self.filter_multiplier,
+                                   self.free_first_step)
