@@ -25,7 +25,7 @@ from autoseg.engine.search_tasks import build_search_data, build_search_task  # 
 from autoseg.errors import UserError  # noqa: E402
 from autoseg.search.arch_decoding import format_architecture  # noqa: E402
 
-SEARCH_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "unrolled": "train.unrolled",
+SEARCH_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "unrolled": "train.unrolled", "warmup_epochs": "train.warmup_epochs",
                 "filter_multiplier": "model.filter_multiplier", "layers": "model.layers"}
 RESUME_FLAGS = {"max_steps", "device", "workers"}
 
@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_common_arguments(parser)
     parser.add_argument("--unrolled", action="store_true", default=None,
                         help="second-order (unrolled) architecture gradient")
+    parser.add_argument("--warmup-epochs", type=int, help="epochs that update the weights only")
     parser.add_argument("--filter-multiplier", type=int, help="F of the trellis (hierarchical mode)")
     parser.add_argument("--layers", type=int, help="number of layers (cells) of the supernet")
     return parser.parse_args(argv)
@@ -44,12 +45,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> SearchConfig:
     """The experiment: the saved config when resuming, else the YAML file plus the flags."""
     if args.resume is not None:
+        prepare_run_dir(args.resume, resume=True)
         cfg = load_config(args.resume / "config.yaml", SearchConfig)
         fixed = [f"--{dest.replace('_', '-')}" for dest in SEARCH_FLAGS
                  if getattr(args, dest, None) is not None and dest not in RESUME_FLAGS]
+        if args.out is not None:
+            fixed.append("--out")
         if fixed or args.config:
             raise UserError(f"a resumed run keeps its saved config.yaml; only --max-steps, --device and --workers "
-                            f"may change (got {' '.join(fixed) or '--config'})")
+                            f"may change (got {' '.join(fixed) or '--config'}); it writes into RUN_DIR")
+        cfg.train.max_steps = None  # the stop of the interrupted run; a new one may be given
         apply_overrides(cfg, args, {k: SEARCH_FLAGS[k] for k in RESUME_FLAGS})
         return cfg
     cfg = load_config(args.config or default_config("search", args.dataset, "synthetic"), SearchConfig)
@@ -73,10 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = prepare_run_dir(args.resume or args.out or default_run_dir("search", cfg.data.dataset),
                               resume=args.resume is not None)
     state = load_checkpoint(run_dir) if args.resume else None
-    data = build_search_data(cfg)
     if state is None:
         save_config(cfg, run_dir / "config.yaml")
     seed_everything(cfg.train.seed)
+    data = build_search_data(cfg)
     task = build_search_task(cfg)
     run = SearchRun(cfg, task, run_dir, device)
     if state is not None:

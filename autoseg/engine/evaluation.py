@@ -22,7 +22,7 @@ def evaluate_classification(model: nn.Module, loader: DataLoader, device: torch.
     """Mean loss and top-1 accuracy (in %) over ``loader``."""
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    for i, (images, labels) in enumerate(tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)):
+    for i, (images, labels) in enumerate(tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=None)):
         if max_batches is not None and i >= max_batches:
             break
         images, labels = images.to(device), labels.to(device)
@@ -42,7 +42,7 @@ def evaluate_segmentation(model: nn.Module, loader: DataLoader, device: torch.de
     model.eval()
     meter = ConfusionMeter(num_classes)
     total_loss, batches = 0.0, 0
-    for i, (images, masks) in enumerate(tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)):
+    for i, (images, masks) in enumerate(tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=None)):
         if max_batches is not None and i >= max_batches:
             break
         images, masks = images.to(device), masks.to(device)
@@ -54,4 +54,4 @@ def evaluate_segmentation(model: nn.Module, loader: DataLoader, device: torch.de
     model.train()
     result = meter.compute()
     return {"loss": total_loss / max(batches, 1), "miou": 100.0 * result["miou"],
-            "pixel_acc": 100.0 * result["pixel_acc"], "iou": result["iou"]}
+            "pixel_acc": 100.0 * result["pixel_acc"], "iou": result["iou_per_class"]}

@@ -93,7 +93,7 @@ class SearchRun:
         totals = {"loss": 0.0, "count": 0}
         meter = ConfusionMeter(self.task.num_classes) if self.task.metric == "miou" else None
         correct = 0
-        bar = tqdm(weight_batches, total=steps, initial=self.step_in_epoch, dynamic_ncols=True,
+        bar = tqdm(weight_batches, total=steps, initial=self.step_in_epoch, dynamic_ncols=True, disable=None,
                    desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}" + ("" if search_arch else " (warm-up)"))
         for inputs, target in bar:
             inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)

@@ -56,14 +56,14 @@ def decode_hierarchical(alphas: torch.Tensor, betas: torch.Tensor, primitives: S
 def format_architecture(arch: dict[str, Any]) -> str:
     """A few human-readable lines describing a decoded architecture (DARTS or hierarchical)."""
     def cell_lines(name: str, cell: dict[str, Any]) -> list[str]:
-        lines = [f"{name} cell (output = concat of states {cell['concat']}):"]
+        lines = [f"{name} (output = concat of states {cell['concat']}):"]
         for i, block in enumerate(cell["blocks"]):
             inputs = " + ".join(f"{op}(state {state})" for op, state in block)
             lines.append(f"  block {i + 1} (state {i + 2}) = {inputs}")
         return lines
 
     if "normal" in arch:
-        return "\n".join(cell_lines("normal", arch["normal"]) + cell_lines("reduce", arch["reduce"]))
+        return "\n".join(cell_lines("normal cell", arch["normal"]) + cell_lines("reduction cell", arch["reduce"]))
     strides = [4 * 2 ** level for level in arch["path"]]
     lines = [f"network path (level per layer): {arch['path']}",
              f"output stride per layer:       {strides}",

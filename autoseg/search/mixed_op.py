@@ -8,6 +8,7 @@ from torch import nn
 
 from autoseg.genotype import num_edges
 from autoseg.ops import Zero, build_op, check_primitives
+from autoseg.search.grouped_batchnorm import convert_batchnorm
 
 
 class MixedOp(nn.Module):
@@ -60,6 +61,7 @@ class MixedCell(nn.Module):
             for state in range(2 + block)
         )
         assert len(self.edges) == num_edges(num_blocks)
+        convert_batchnorm(self)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [s0, s1]

@@ -35,6 +35,7 @@ from autoseg.genotype import num_edges
 from autoseg.models.aspp import ASPP
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_hierarchical
+from autoseg.search.grouped_batchnorm import batch_groups
 from autoseg.search.mixed_op import MixedCell
 from autoseg.trellis import predecessors, transition_probabilities, trellis_nodes
 
@@ -84,16 +85,30 @@ class TrellisNode(nn.Module):
     def forward(self, prev: dict[int, torch.Tensor], prev_prev: torch.Tensor | None,
                 probs: torch.Tensor, cell_weights: torch.Tensor, size: torch.Size | None) -> torch.Tensor:
         """``prev`` maps levels of layer l-1 to states, ``probs[p]`` is the probability of the
-        transition from level p; ``size`` is this level's spatial size when it must be
-        reached by upsampling."""
-        s0 = self.preprocess0(prev_prev) if self.preprocess0 is not None else None
-        total = None
+        transition from level p; ``size`` is this level's spatial size (the target of upsampling).
+
+        The inputs of all incoming transitions are stacked into one batch and the cell runs
+        once on it, with per-transition batch-norm statistics; this equals running the cell
+        once per transition (see :mod:`autoseg.search.grouped_batchnorm`)."""
+        inputs = []
         for source in self.sources:
             module = self.inputs[str(source)]
-            s1 = module(prev[source], size) if source > self.level else module(prev[source])
-            out = self.cell(s1 if s0 is None else s0, s1, cell_weights) * probs[source]
-            total = out if total is None else total + out
-        return total
+            inputs.append(module(prev[source], size) if source > self.level else module(prev[source]))
+        groups = len(inputs)
+        s1 = torch.stack(inputs, dim=1).flatten(0, 1) if groups > 1 else inputs[0]
+        if self.preprocess0 is None:
+            s0 = s1
+        else:
+            s0 = self.preprocess0(prev_prev)
+            if groups > 1:
+                s0 = s0.unsqueeze(1).expand(-1, groups, -1, -1, -1).flatten(0, 1)
+        with batch_groups(groups):
+            out = self.cell(s0, s1, cell_weights)
+        weights = probs[self.sources]
+        if groups == 1:
+            return out * weights[0]
+        out = out.unflatten(0, (-1, groups))
+        return (out * weights.view(1, groups, 1, 1, 1).to(out.dtype)).sum(dim=1)
 
 
 class SearchHead(nn.Module):

@@ -1,0 +1,142 @@
+"""``cityscapes``: the Cityscapes fine annotations, 34 label ids mapped to the 19 train ids.
+
+Official layout (from the registered download at cityscapes-dataset.com)::
+
+    ROOT/leftImg8bit/{train,val,test}/<city>/<name>_leftImg8bit.png
+    ROOT/gtFine/{train,val,test}/<city>/<name>_gtFine_labelIds.png
+
+Auto-DeepLab searches at half resolution (``scale=0.5``, the default here) on 321x321 crops
+and retrains on 769x769 crops with random scaling (``transform_kind="retrain"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.data import SegmentationDataset, register_dataset
+from autoseg.data.folder import check_same_size, read_image, read_mask
+from autoseg.data.transforms import IGNORE_INDEX, build_transform
+from autoseg.errors import UserError
+
+SEARCH_CROP_SIZE = 321
+RETRAIN_CROP_SIZE = 769
+
+_IMAGE_SUFFIX = "_leftImg8bit.png"
+_LABEL_SUFFIX = "_gtFine_labelIds.png"
+_HOW_TO_GET = (
+    "Cityscapes needs a registered download from https://www.cityscapes-dataset.com: unzip "
+    "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into ROOT so that it holds "
+    f"ROOT/leftImg8bit/<split>/<city>/<name>{_IMAGE_SUFFIX} and ROOT/gtFine/<split>/<city>/<name>{_LABEL_SUFFIX}"
+)
+
+# label id -> (train id, class name, colour) for the 19 evaluated classes; every other id,
+# including -1 (license plate, stored as 255), is ignored.
+_TRAIN_CLASSES: dict[int, tuple[int, str, tuple[int, int, int]]] = {
+    7: (0, "road", (128, 64, 128)),
+    8: (1, "sidewalk", (244, 35, 232)),
+    11: (2, "building", (70, 70, 70)),
+    12: (3, "wall", (102, 102, 156)),
+    13: (4, "fence", (190, 153, 153)),
+    17: (5, "pole", (153, 153, 153)),
+    19: (6, "traffic light", (250, 170, 30)),
+    20: (7, "traffic sign", (220, 220, 0)),
+    21: (8, "vegetation", (107, 142, 35)),
+    22: (9, "terrain", (152, 251, 152)),
+    23: (10, "sky", (70, 130, 180)),
+    24: (11, "person", (220, 20, 60)),
+    25: (12, "rider", (255, 0, 0)),
+    26: (13, "car", (0, 0, 142)),
+    27: (14, "truck", (0, 0, 70)),
+    28: (15, "bus", (0, 60, 100)),
+    31: (16, "train", (0, 80, 100)),
+    32: (17, "motorcycle", (0, 0, 230)),
+    33: (18, "bicycle", (119, 11, 32)),
+}
+
+_BY_TRAIN_ID = sorted(_TRAIN_CLASSES.values())
+CLASS_NAMES: list[str] = [name for _, name, _ in _BY_TRAIN_ID]
+PALETTE: np.ndarray = np.array([colour for _, _, colour in _BY_TRAIN_ID], dtype=np.uint8)
+
+
+def _label_to_train_id_table() -> np.ndarray:
+    """A 256-entry lookup table: stored label id -> train id, 255 for everything not evaluated."""
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for label_id, (train_id, _, _) in _TRAIN_CLASSES.items():
+        table[label_id] = train_id
+    return table
+
+
+LABEL_TO_TRAIN_ID: np.ndarray = _label_to_train_id_table()
+
+
+def _existing_folder(path: Path) -> Path:
+    """Return ``path`` if it is a folder, else raise saying how to obtain the data."""
+    if not path.is_dir():
+        raise UserError(f"Cityscapes folder {path} not found. {_HOW_TO_GET}")
+    return path
+
+
+def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
+    """(image, labelIds) paths of ``split``, sorted; raises if a folder or a label file is missing."""
+    if root is None:
+        raise UserError(f"the cityscapes dataset needs a root folder. {_HOW_TO_GET}")
+    root = _existing_folder(Path(root))
+    image_dir = _existing_folder(root / "leftImg8bit" / split)
+    label_dir = _existing_folder(root / "gtFine" / split)
+    images = sorted(image_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
+    if not images:
+        raise UserError(f"no *{_IMAGE_SUFFIX} files in {image_dir}/<city>/. {_HOW_TO_GET}")
+    pairs = [
+        (image, label_dir / image.parent.name / image.name.replace(_IMAGE_SUFFIX, _LABEL_SUFFIX)) for image in images
+    ]
+    missing = [label for _, label in pairs if not label.is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} image(s) in {image_dir} have no label file, e.g. {missing[0]} is missing. {_HOW_TO_GET}"
+        )
+    return pairs
+
+
+@register_dataset("cityscapes")
+class CityscapesDataset(SegmentationDataset):
+    """Cityscapes fine annotations with the 19 train ids (255 = ignore).
+
+    ``crop_size`` defaults to the paper's 321 (search) or 769 (retrain); ``scale`` is the
+    fixed resize of the search augmentation (0.5 = the paper's half resolution) and
+    ``scale_range`` the random scaling of the retrain augmentation.
+    """
+
+    num_classes = len(CLASS_NAMES)
+    class_names = CLASS_NAMES
+    palette = PALETTE
+
+    def __init__(
+        self,
+        root: str | Path | None,
+        split: str,
+        augment: bool = True,
+        crop_size: int | None = None,
+        transform_kind: str | None = None,
+        scale: float = 0.5,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+    ) -> None:
+        self.samples = find_pairs(root, split)
+        if crop_size is None:
+            crop_size = RETRAIN_CROP_SIZE if transform_kind == "retrain" else SEARCH_CROP_SIZE
+        super().__init__(build_transform(augment, transform_kind, crop_size, scale, scale_range))
+
+    def __len__(self) -> int:
+        """Number of images in the split."""
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """RGB image and its train-id mask (label ids mapped through ``LABEL_TO_TRAIN_ID``)."""
+        image_path, label_path = self.samples[index]
+        image = read_image(image_path)
+        label_ids = read_mask(label_path)
+        check_same_size(image.shape[:2], label_ids, image_path, label_path)
+        if label_ids.dtype != np.uint8:
+            raise UserError(f"{label_path} is not an 8-bit label-id image: use the official *{_LABEL_SUFFIX} files")
+        return image, LABEL_TO_TRAIN_ID[label_ids]

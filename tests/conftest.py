@@ -1,0 +1,51 @@
+"""Shared fixtures: the tools' ``main`` functions, loaded in-process, and tiny experiment configs."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `fakes`
+
+
+def load_tool(name: str) -> Any:
+    """Import ``tools/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(f"autoseg_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tool() -> Callable[[str], Any]:
+    """``tool("search").main([...])`` runs a tool in this process."""
+    return lambda name: load_tool(name).main
+
+
+TINY_TRELLIS = {"layers": 3, "levels": 2, "blocks": 2, "filter_multiplier": 2, "aspp_channels": 8}
+
+
+def write_config(path: Path, base: str, **sections: dict) -> Path:
+    """Write ``configs/<base>.yaml`` with the given sections updated (a tiny variant of it)."""
+    config = yaml.safe_load((ROOT / "configs" / f"{base}.yaml").read_text())
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def tiny_synthetic_config(tmp_path: Path) -> Path:
+    """A hierarchical search on 32x32 synthetic scenes that runs in seconds: 2 epochs of 4 steps."""
+    return write_config(tmp_path / "tiny_synthetic.yaml", "search/synthetic",
+                        data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
+                              "batch_size": 2, "eval_batch_size": 4},
+                        model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1})

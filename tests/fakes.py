@@ -1,0 +1,134 @@
+"""Writers of small fake datasets in the real on-disk formats, for the data tests."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CITYSCAPES_LABEL_IDS = list(range(34))  # every official label id; 255 stands for -1 (license plate)
+
+
+def _write_pickle(path: Path, content: dict) -> None:
+    """Pickle ``content`` to ``path`` (CIFAR's python files are plain pickled dicts)."""
+    with open(path, "wb") as file:
+        pickle.dump(content, file)
+
+
+def _cifar_batch(rng: np.random.Generator, count: int, first: int, name: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One batch in CIFAR's format: ``data`` (count, 3072) uint8 as planes R, G, B; ``labels`` list."""
+    images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    labels = (np.arange(first, first + count) * 7 + 3) % 10
+    batch = {
+        "batch_label": name,
+        "labels": labels.tolist(),
+        "data": images.transpose(0, 3, 1, 2).reshape(count, 3072),
+        "filenames": [f"fake_{first + i}.png" for i in range(count)],
+    }
+    return batch, images, labels
+
+
+def write_fake_cifar10(
+    root: str | Path, num_train: int = 50, num_test: int = 20, seed: int = 0
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write ``ROOT/cifar-10-batches-py`` (data_batch_1..5, test_batch, batches.meta).
+
+    Returns ``{"train": (images NxHxWx3, labels N), "test": (...)}`` in file order.
+    """
+    folder = Path(root) / CIFAR_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    written: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    train_parts = []
+    for number, part in enumerate(np.array_split(np.arange(num_train), 5), start=1):
+        first = int(part[0]) if len(part) else 0
+        batch, images, labels = _cifar_batch(rng, len(part), first, f"training batch {number} of 5")
+        _write_pickle(folder / f"data_batch_{number}", batch)
+        train_parts.append((images, labels))
+    written["train"] = tuple(np.concatenate(parts) for parts in zip(*train_parts))
+    batch, images, labels = _cifar_batch(rng, num_test, 0, "testing batch 1 of 1")
+    _write_pickle(folder / "test_batch", batch)
+    written["test"] = (images, labels)
+    meta = {"label_names": CIFAR_LABEL_NAMES, "num_cases_per_batch": 10000, "num_vis": 3072}
+    _write_pickle(folder / "batches.meta", meta)
+    return written
+
+
+def _cityscapes_label_map(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """Random label ids, with a first row holding every id 0..33 and 255 at least once."""
+    height, width = size
+    every = np.array([*CITYSCAPES_LABEL_IDS, 255], dtype=np.uint8)
+    if width < len(every):
+        raise ValueError(f"fake Cityscapes images need a width of at least {len(every)}")
+    labels = rng.choice(every, size=(height, width)).astype(np.uint8)
+    labels[0, : len(every)] = every
+    return labels
+
+
+def write_fake_cityscapes(
+    root: str | Path,
+    splits: tuple[str, ...] = ("train", "val"),
+    cities: tuple[str, ...] = ("aachen", "bochum"),
+    images_per_city: int = 2,
+    size: tuple[int, int] = (24, 48),
+    seed: int = 0,
+) -> dict[str, list[Path]]:
+    """Write the official layout with RGB images and labelIds PNGs (every id in every image).
+
+    Also writes ``_gtFine_instanceIds.png`` decoys, which the loader must not read.
+    Returns the labelIds paths per split, sorted.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    written: dict[str, list[Path]] = {}
+    for split in splits:
+        written[split] = []
+        for city in cities:
+            image_dir = root / "leftImg8bit" / split / city
+            label_dir = root / "gtFine" / split / city
+            image_dir.mkdir(parents=True, exist_ok=True)
+            label_dir.mkdir(parents=True, exist_ok=True)
+            for number in range(images_per_city):
+                name = f"{city}_{number:06d}_000019"
+                image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                Image.fromarray(image).save(image_dir / f"{name}_leftImg8bit.png")
+                label_path = label_dir / f"{name}_gtFine_labelIds.png"
+                Image.fromarray(_cityscapes_label_map(rng, size)).save(label_path)
+                Image.fromarray(np.full(size, 7, dtype=np.uint8)).save(label_dir / f"{name}_gtFine_instanceIds.png")
+                written[split].append(label_path)
+        written[split].sort()
+    return written
+
+
+def write_fake_folder(
+    root: str | Path,
+    num_classes: int,
+    sizes: tuple[tuple[int, int], ...] = ((20, 30), (32, 24), (16, 16)),
+    splits: tuple[str, ...] = ("train", "val"),
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Write ``ROOT/{split}/images/*.png|jpg`` and ``masks/*.png`` with valid ids (and some 255).
+
+    One image per entry of ``sizes``; odd-numbered images are JPEGs. Returns the stems per split.
+    """
+    rng = np.random.default_rng(seed)
+    stems: dict[str, list[str]] = {}
+    for split in splits:
+        image_dir = Path(root) / split / "images"
+        mask_dir = Path(root) / split / "masks"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        stems[split] = []
+        for number, (height, width) in enumerate(sizes):
+            stem = f"{split}_{number:03d}"
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            Image.fromarray(image).save(image_dir / f"{stem}{'.jpg' if number % 2 else '.png'}")
+            mask = rng.integers(0, num_classes, (height, width), dtype=np.uint8)
+            mask[0, 0] = 255
+            Image.fromarray(mask).save(mask_dir / f"{stem}.png")
+            stems[split].append(stem)
+    return stems

@@ -1,0 +1,142 @@
+"""tools/search.py and tools/decode.py as a user runs them: dry runs, short searches, resume, errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, write_config
+from fakes import write_fake_cifar10
+
+from autoseg.engine.checkpoint import load_checkpoint
+
+
+def _last_json_line(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _darts_search_params(c: int = 16, layers: int = 8, classes: int = 10) -> int:
+    """Weight parameters of the reference DARTS search network, counted op by op by hand."""
+    sep = lambda k, ch: 2 * (k * k * ch + ch * ch)  # noqa: E731  (dw kxk + pw 1x1) twice, BN affine-free
+    dil = lambda k, ch: k * k * ch + ch * ch  # noqa: E731
+    total = 3 * (3 * c) * 9 + 2 * (3 * c)  # stem conv + affine BN
+    c_pp, c_p, c_cur, reduction_prev = 3 * c, 3 * c, c, False
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        c_cur = 2 * c_cur if reduction else c_cur
+        total += c_pp * c_cur if not reduction_prev else 2 * c_pp * (c_cur // 2)  # preprocess0
+        total += c_p * c_cur  # preprocess1
+        for block in range(4):
+            for state in range(2 + block):
+                total += sep(3, c_cur) + sep(5, c_cur) + dil(3, c_cur) + dil(5, c_cur)
+                if reduction and state < 2:
+                    total += c_cur * c_cur  # skip_connect is a FactorizedReduce
+        c_pp, c_p, reduction_prev = c_p, 4 * c_cur, reduction
+    return total + c_p * classes + classes
+
+
+def test_cifar_dry_run_counts_the_reference_search_network(tool, capsys):
+    tool("search")(["--dataset", "cifar10", "--dry-run"])
+    summary = _last_json_line(capsys)
+    assert summary == {"model": "DartsSearchNetwork", "params": _darts_search_params(), "arch_params": 2 * 14 * 8}
+    assert summary["params"] == 1_930_618
+
+
+def test_hierarchical_dry_run_at_paper_size(tool, capsys):
+    tool("search")(["--dataset", "cityscapes", "--dry-run"])
+    summary = _last_json_line(capsys)
+    assert summary["model"] == "TrellisSearchNetwork"
+    assert summary["trellis_nodes"] == 45
+    assert summary["arch_params"] == 20 * 8 + 12 * 4 * 3  # alpha (B=5: 20 edges x 8 ops) + beta (L x S x 3)
+    tool("search")(["--dataset", "cityscapes", "--dry-run", "--layers", "6", "--filter-multiplier", "4"])
+    smaller = _last_json_line(capsys)
+    assert smaller["trellis_nodes"] == 2 + 3 + 4 * 4 and smaller["params"] < summary["params"]
+
+
+def test_cifar_search_resume_reproduces_the_uninterrupted_run(tool, tmp_path):
+    write_fake_cifar10(tmp_path / "cifar", num_train=32, num_test=8)
+    config = write_config(tmp_path / "tiny_cifar.yaml", "search/cifar10",
+                          data={"root": str(tmp_path / "cifar"), "batch_size": 4, "num_workers": 0,
+                                "eval_batch_size": 8},
+                          model={"init_channels": 4, "layers": 3, "blocks": 2, "multiplier": 2},
+                          train={"epochs": 2})
+    search = tool("search")
+    genotype = search(["--config", str(config), "--out", str(tmp_path / "full"), "--device", "cpu"])
+    saved = json.loads((tmp_path / "full" / "genotype.json").read_text())
+    assert saved == genotype and set(saved) == {"normal", "reduce"}
+    search(["--config", str(config), "--out", str(tmp_path / "cut"), "--max-steps", "6"])  # stops mid-epoch 2
+    stopped = load_checkpoint(tmp_path / "cut")
+    assert (stopped["epoch"], stopped["step_in_epoch"], stopped["global_step"]) == (1, 2, 6)
+    search(["--resume", str(tmp_path / "cut")])
+    full, resumed = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    assert resumed["global_step"] == full["global_step"] == 8
+    for key in ("alphas_normal", "alphas_reduce"):
+        assert torch.equal(full["model"][key], resumed["model"][key])
+    history = [(h["epoch"], h["train"]["acc"] if h["train"] else None) for h in full["history"]]
+    assert len(history) == 2
+    assert (tmp_path / "full" / "config.yaml").is_file() and any((tmp_path / "full" / "tensorboard").iterdir())
+
+
+def test_synthetic_search_writes_arch_and_decode_reproduces_it(tool, tiny_synthetic_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    arch = tool("search")(["--config", str(tiny_synthetic_config), "--out", str(run)])
+    written = json.loads((run / "arch.json").read_text())
+    assert written == arch
+    assert len(arch["path"]) == 3 and arch["path"][0] in (0, 1)
+    assert {"cell", "filter_multiplier", "blocks", "layers", "primitives", "step_probabilities"} <= set(arch)
+    state = load_checkpoint(run)
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    assert all("miou" in h["valid"] for h in state["history"])
+    capsys.readouterr()
+    (run / "arch.json").unlink()
+    decoded = tool("decode")([str(run)])
+    assert decoded == written
+    assert json.loads((run / "arch.json").read_text()) == written
+    assert (run / "arch_trellis.png").stat().st_size > 0 and (run / "arch_cell.png").stat().st_size > 0
+    assert "network path (level per layer)" in capsys.readouterr().out
+
+
+def test_hierarchical_search_resume_reproduces_the_uninterrupted_run(tool, tiny_synthetic_config, tmp_path):
+    search = tool("search")
+    search(["--config", str(tiny_synthetic_config), "--out", str(tmp_path / "full")])
+    search(["--config", str(tiny_synthetic_config), "--out", str(tmp_path / "cut"), "--max-steps", "5"])
+    search(["--resume", str(tmp_path / "cut")])
+    full, resumed = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    for key in ("alphas", "betas"):
+        assert torch.equal(full["model"][key], resumed["model"][key])
+    assert full["arch"] == resumed["arch"]
+
+
+def test_existing_run_directory_is_never_overwritten(tool, tiny_synthetic_config, tmp_path):
+    from autoseg.errors import UserError
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="already exists"):
+        tool("search")(["--config", str(tiny_synthetic_config), "--out", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "cityscapes", "--data-root", "{tmp}/nowhere"], "Cityscapes"),
+    (["--resume", "{tmp}/nothing"], "cannot resume"),
+    (["--dataset", "folder", "--data-root", "{tmp}"], "num_classes"),
+    (["--dataset", "cifar10", "--filter-multiplier", "4"], "hierarchical search only"),
+])
+def test_bad_input_is_a_user_error(tool, tmp_path, args, message):
+    from autoseg.errors import UserError
+    with pytest.raises(UserError, match=message):
+        tool("search")([a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "cifar10", "--data-root", "{tmp}/nowhere"], "CIFAR-10 not found"),
+    (["--config", "{tmp}/bad.yaml"], "unknown key(s) learning_rate"),
+])
+def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, args, message):
+    (tmp_path / "bad.yaml").write_text("mode: hierarchical\noptimizer:\n  learning_rate: 0.1\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "search.py"), *args, "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
