@@ -37,6 +37,8 @@ class DataConfig:
     num_workers: int = 0
     eval_batch_size: int = 1
     max_eval_batches: int | None = None
+    scale_range: tuple[float, float] | None = None
+    cutout: int | None = None
 
 
 @dataclass
@@ -113,6 +115,58 @@ class SearchConfig:
 
     MODEL_TYPES: typing.ClassVar[dict[str, type]] = {"cifar": DartsSearchModelConfig,
                                                       "hierarchical": TrellisModelConfig}
+
+
+@dataclass
+class RetrainModelConfig:
+    """Which architecture to train and the factory settings that size it (unset = model default)."""
+
+    arch: str = "autodeeplab-paper"
+    filter_multiplier: int | None = None
+    bn_momentum: float | None = None
+    init_channels: int | None = None
+    layers: int | None = None
+    auxiliary: bool | None = None
+    auxiliary_weight: float = 0.4
+    drop_path_prob: float = 0.0
+    encoder_weights: str | None = None
+
+
+@dataclass
+class RetrainOptimizerConfig:
+    """SGD with a poly (DeepLab) or cosine (DARTS) learning-rate schedule."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "poly"
+    poly_power: float = 0.9
+    lr_min: float = 0.0
+    grad_clip: float | None = None
+
+
+@dataclass
+class RetrainTrainConfig:
+    """Length (epochs, or iterations when set), evaluation cadence, device and seed."""
+
+    epochs: int = 100
+    iterations: int | None = None
+    max_steps: int | None = None
+    eval_every: int = 1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    log_every: int = 50
+
+
+@dataclass
+class RetrainConfig:
+    """A retraining experiment of a searched, published or baseline architecture."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: RetrainModelConfig = field(default_factory=RetrainModelConfig)
+    optimizer: RetrainOptimizerConfig = field(default_factory=RetrainOptimizerConfig)
+    train: RetrainTrainConfig = field(default_factory=RetrainTrainConfig)
 
 
 def _check_value(value: Any, hint: Any, where: str) -> Any:

@@ -1,4 +1,4 @@
-"""Writers of small fake datasets in the real on-disk formats, for the data tests."""
+"""Writers of small fake datasets and retrain checkpoints in the real on-disk formats, for the tests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import nn
+
+from autoseg.config import DataConfig, RetrainConfig, from_dict, to_dict
+from autoseg.models.spec import build_model, model_spec
 
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -132,3 +137,42 @@ def write_fake_folder(
             Image.fromarray(mask).save(mask_dir / f"{stem}.png")
             stems[split].append(stem)
     return stems
+
+
+def write_retrain_checkpoint(
+    path: str | Path,
+    arch_name: str,
+    num_classes: int,
+    task: str,
+    dataset: str,
+    class_names: list[str],
+    palette: list[list[int]],
+    config_data: dict,
+    **model_kwargs,
+) -> nn.Module:
+    """Save a checkpoint in the format of ``tools/retrain.py`` holding a freshly initialised
+    ``model_spec(arch_name, **model_kwargs)`` model; returns that model in eval mode.
+
+    ``config_data`` is the ``data`` section of the saved config (the other sections get their
+    defaults); the parent folders of ``path`` are created.
+    """
+    spec = model_spec(arch_name, **model_kwargs)
+    model = build_model(spec, num_classes)
+    config = RetrainConfig(data=from_dict(DataConfig, config_data, "config_data"))
+    state = {
+        "kind": "retrain",
+        "task": task,
+        "dataset": dataset,
+        "num_classes": num_classes,
+        "class_names": list(class_names),
+        "palette": [list(colour) for colour in palette],
+        "model_spec": spec,
+        "model": model.state_dict(),
+        "config": to_dict(config),
+        "epoch": 1,
+        "global_step": 1,
+        "best": {"metric": "miou" if task == "segmentation" else "acc", "value": 0.0},
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return model.eval()

@@ -297,3 +297,13 @@ def test_split_in_halves_is_disjoint_covering_and_seeded() -> None:
     assert split_in_halves(dataset, seed=4)[0].indices != half_a.indices  # type: ignore[arg-type]
     with pytest.raises(UserError, match="at least 2"):
         split_in_halves([0], seed=0)  # type: ignore[arg-type]
+
+
+def test_write_sample_images_writes_the_test_scenes(tmp_path) -> None:
+    from PIL import Image
+
+    from autoseg.data.synthetic import SyntheticStreetDataset, write_sample_images
+    paths = write_sample_images(tmp_path, 3, image_size=40)
+    assert [p.name for p in paths] == ["scene_000.png", "scene_001.png", "scene_002.png"]
+    expected, _ = SyntheticStreetDataset(split="test", augment=False, image_size=40, length=3).load(2)
+    assert np.array_equal(np.asarray(Image.open(paths[2]).convert("RGB")), expected)

@@ -10,8 +10,11 @@ quickly. Classes and colours follow the matching Cityscapes classes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+from PIL import Image
 
 from autoseg.data import SegmentationDataset, register_dataset
 from autoseg.data.transforms import IGNORE_INDEX, build_transform
@@ -299,3 +302,19 @@ class SyntheticStreetDataset(SegmentationDataset):
         """Render scene ``index`` of this split and seed."""
         rng = np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index])
         return render_scene(self.height, self.width, rng)
+
+
+def write_sample_images(out_dir: str | Path, count: int, image_size: int = 64, split: str = "test",
+                        seed: int = 0) -> list[Path]:
+    """Write ``count`` scenes of ``split`` as PNG files (``scene_000.png``, ...), e.g. to try
+    ``tools/predict.py``; returns their paths. Masks are not written."""
+    dataset = SyntheticStreetDataset(split=split, augment=False, image_size=image_size, length=count, seed=seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        image, _ = dataset.load(index)
+        path = out / f"scene_{index:03d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths

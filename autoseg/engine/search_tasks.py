@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from autoseg.config import SearchConfig
-from autoseg.data import build_dataset, dataset_num_classes, split_in_halves
+from autoseg.data import dataset_num_classes, split_in_halves
+from autoseg.engine.datasets import build_split
 from autoseg.engine.evaluation import evaluate_classification, evaluate_segmentation
 from autoseg.errors import UserError
 from autoseg.search.darts_network import DartsSearchNetwork
@@ -91,29 +92,14 @@ def build_search_task(cfg: SearchConfig) -> SearchTask:
                       partial(evaluate_segmentation, criterion=criterion, num_classes=num_classes), "miou", "arch.json", num_classes)
 
 
-def _dataset_kwargs(cfg: SearchConfig) -> dict[str, Any]:
-    d = cfg.data
-    extra = {"scale": d.scale, "image_size": d.image_size}
-    kwargs: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
-    if d.num_classes is not None:
-        kwargs["num_classes"] = d.num_classes
-    return kwargs
-
-
 def build_search_data(cfg: SearchConfig) -> tuple[Dataset, Dataset, Dataset]:
     """(half A for the weights, half B for the architecture, the held-out evaluation set).
 
     CIFAR-10 follows the DARTS code and reports accuracy on half B; the hierarchical mode
     reports mIoU on the dataset's validation split at full size.
     """
-    d = cfg.data
-    kwargs = _dataset_kwargs(cfg)
-    train_kw = dict(kwargs, length=d.train_length) if d.train_length is not None else kwargs
-    train = build_dataset(d.dataset, d.root, "train", augment=True, crop_size=d.crop_size, seed=cfg.train.seed,
-                          **train_kw)
+    train = build_split(cfg.data, "train", augment=True, transform_kind=None if cfg.mode == "cifar" else "search")
     half_a, half_b = split_in_halves(train, seed=cfg.train.seed)
     if cfg.mode == "cifar":
         return half_a, half_b, half_b
-    val_kw = dict(kwargs, length=d.val_length) if d.val_length is not None else kwargs
-    held_out = build_dataset(d.dataset, d.root, "val", augment=False, seed=cfg.train.seed, **val_kw)
-    return half_a, half_b, held_out
+    return half_a, half_b, build_split(cfg.data, "val", augment=False)

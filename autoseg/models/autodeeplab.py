@@ -283,3 +283,9 @@ def autodeeplab_from_arch(arch: Mapping[str, Any], num_classes: int, **kwargs: A
                             f"{{'blocks': [[[op, state], ...], ...], 'concat': [...]}}") from exc
     filter_multiplier = kwargs.pop("filter_multiplier", arch.get("filter_multiplier", 20))
     return AutoDeepLab(arch["path"], cell, int(filter_multiplier), num_classes, **kwargs)
+
+
+@register_model("autodeeplab-arch")
+def autodeeplab_arch(num_classes: int, arch: Mapping[str, Any], **kwargs: Any) -> AutoDeepLab:
+    """The network of a search's ``arch.json`` (passed as ``arch=``); see :func:`autodeeplab_from_arch`."""
+    return autodeeplab_from_arch(arch, num_classes, **kwargs)

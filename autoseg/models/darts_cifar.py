@@ -8,7 +8,9 @@ average pooling and a linear classifier. All batch norms are affine. DARTS_V2 wi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,17 +104,20 @@ class DartsCifarNetwork(nn.Module):
         return logits if aux_logits is None else (logits, aux_logits)
 
 
-def resolve_genotype(genotype: Genotype | str | Path) -> Genotype:
-    """A :class:`Genotype` as is, a published genotype by name, or one read from a ``.json`` file."""
+def resolve_genotype(genotype: Genotype | Mapping[str, Any] | str | Path) -> Genotype:
+    """A :class:`Genotype` as is or in its dict form, a published genotype by name, or one read
+    from a ``.json`` file."""
     if isinstance(genotype, Genotype):
         return genotype
+    if isinstance(genotype, Mapping):
+        return Genotype.from_dict(genotype)
     if Path(genotype).suffix == ".json":
         return Genotype.from_json(genotype)
     return get_genotype(str(genotype))
 
 
 @register_model("darts-cifar")
-def darts_cifar(num_classes: int, genotype: Genotype | str | Path = "DARTS_V2", C: int = 36, layers: int = 20,
+def darts_cifar(num_classes: int, genotype: Genotype | Mapping[str, Any] | str | Path = "DARTS_V2", C: int = 36, layers: int = 20,
                 auxiliary: bool = False) -> DartsCifarNetwork:
     """DARTS CIFAR evaluation network (defaults: DARTS_V2, C=36, 20 cells, no auxiliary head)."""
     return DartsCifarNetwork(resolve_genotype(genotype), num_classes, C, layers, auxiliary)

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Train a found, published or baseline architecture from scratch, and evaluate it.
+
+    python tools/retrain.py --dataset synthetic --arch runs/search/<run>/arch.json
+    python tools/retrain.py --dataset cityscapes --data-root DIR --arch autodeeplab-s
+    python tools/retrain.py --dataset cifar10 --data-root DIR --arch DARTS_V2     # or a genotype.json
+    python tools/retrain.py --dataset cityscapes --data-root DIR --arch smp:DeepLabV3Plus:resnet50
+    python tools/retrain.py --resume runs/retrain/<run>
+
+The default config follows the dataset: cifar10 -> configs/retrain/cifar10_darts.yaml (the
+DARTS protocol), cityscapes and folder -> configs/retrain/cityscapes_autodeeplab.yaml (the
+Auto-DeepLab protocol), synthetic -> configs/retrain/synthetic.yaml. The run directory gets checkpoint.pt
+(last), best.pt (best validation metric), config.yaml and TensorBoard logs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, default_config,  # noqa: E402
+                         default_run_dir, run_tool)
+from autoseg.config import RetrainConfig, load_config, save_config  # noqa: E402
+from autoseg.data import dataset_num_classes  # noqa: E402
+from autoseg.engine.checkpoint import load_checkpoint, prepare_run_dir, resolve_device, seed_everything  # noqa: E402
+from autoseg.engine.datasets import build_split  # noqa: E402
+from autoseg.engine.retrain_loop import RetrainRun  # noqa: E402
+from autoseg.errors import UserError  # noqa: E402
+from autoseg.models import count_parameters  # noqa: E402
+from autoseg.models.spec import build_model, model_spec  # noqa: E402
+
+RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
+                 "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr"}
+RESUME_FLAGS = {"max_steps", "device", "workers"}
+DEFAULT_CONFIGS = {"cityscapes": "cityscapes_autodeeplab", "folder": "cityscapes_autodeeplab",
+                   "cifar10": "cifar10_darts", "synthetic": "synthetic"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The retrain tool's command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--arch", help="arch.json, genotype.json, a model name (autodeeplab-paper, autodeeplab-s/m/l, "
+                                       "DARTS_V2, darts-cifar) or smp:<Arch>:<encoder>")
+    parser.add_argument("--filter-multiplier", type=int, help="F of an Auto-DeepLab network (20 = S, 32 = M, 48 = L)")
+    parser.add_argument("--iterations", type=int, help="train for this many iterations instead of epochs")
+    parser.add_argument("--lr", type=float, help="initial learning rate")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> RetrainConfig:
+    """The saved config when resuming, else the YAML file plus the flags."""
+    if args.resume is not None:
+        prepare_run_dir(args.resume, resume=True)
+        cfg = load_config(args.resume / "config.yaml", RetrainConfig)
+        fixed = [f"--{d.replace('_', '-')}" for d in RETRAIN_FLAGS
+                 if getattr(args, d, None) is not None and d not in RESUME_FLAGS]
+        if fixed or args.config or args.out:
+            raise UserError("a resumed run keeps its saved config.yaml; only --max-steps, --device and --workers "
+                            "may change")
+        cfg.train.max_steps = None
+        apply_overrides(cfg, args, {k: RETRAIN_FLAGS[k] for k in RESUME_FLAGS})
+        return cfg
+    cfg = load_config(args.config or default_config("retrain", DEFAULT_CONFIGS.get(args.dataset), "synthetic"),
+                      RetrainConfig)
+    apply_overrides(cfg, args, RETRAIN_FLAGS)
+    return cfg
+
+
+def build(cfg: RetrainConfig) -> tuple[Any, dict[str, Any]]:
+    """The model and the metadata stored beside it (task, classes, how to rebuild it)."""
+    m = cfg.model
+    num_classes = dataset_num_classes(cfg.data.dataset, cfg.data.num_classes)
+    spec = model_spec(m.arch, filter_multiplier=m.filter_multiplier, bn_momentum=m.bn_momentum, C=m.init_channels,
+                      layers=m.layers, auxiliary=m.auxiliary, encoder_weights=m.encoder_weights)
+    model = build_model(spec, num_classes)
+    task = "classification" if cfg.data.dataset == "cifar10" else "segmentation"
+    return model, {"task": task, "dataset": cfg.data.dataset, "num_classes": num_classes, "model_spec": spec}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Retrain (or dry-run); returns the last evaluation record or the dry-run summary."""
+    args = parse_args(argv)
+    cfg = resolve_config(args)
+    seed_everything(cfg.train.seed)
+    if args.dry_run:
+        model, meta = build(cfg)
+        summary = {"model": meta["model_spec"]["name"], "arch": cfg.model.arch,
+                   "params": count_parameters(model, exclude="auxiliary"),
+                   "aux_params": count_parameters(model) - count_parameters(model, exclude="auxiliary"),
+                   "num_classes": meta["num_classes"]}
+        print(json.dumps(summary))
+        return summary
+    device = resolve_device(cfg.train.device)
+    run_dir = prepare_run_dir(args.resume or args.out or default_run_dir("retrain", cfg.data.dataset),
+                              resume=args.resume is not None)
+    state = load_checkpoint(run_dir) if args.resume else None
+    if state is None:
+        save_config(cfg, run_dir / "config.yaml")
+    model, meta = build(cfg)
+    segmentation = meta["task"] == "segmentation"
+    train_set = build_split(cfg.data, "train", augment=True, transform_kind="retrain" if segmentation else None)
+    val_set = build_split(cfg.data, "val" if segmentation else "test", augment=False)
+    meta.update(class_names=list(train_set.class_names),
+                palette=train_set.palette.tolist() if segmentation else [])
+    run = RetrainRun(cfg, model, meta, train_set, run_dir, device)
+    if state is not None:
+        run.load_state_dict(state)
+    print(f"retraining {cfg.model.arch} ({count_parameters(model):,} parameters) on {cfg.data.dataset}, "
+          f"{run.total_steps} steps, device {device}, run directory {run_dir}")
+    record = run.run(val_set)
+    print(f"best {run.best['metric']} {run.best['value']:.2f} at epoch {run.best['epoch']}; "
+          f"wrote {run_dir / 'best.pt'}")
+    return record
+
+
+if __name__ == "__main__":
+    run_tool(main)
