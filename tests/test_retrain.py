@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TRELLIS, write_config
+from conftest import write_config
 from fakes import write_fake_cifar10
 
 from autoseg.engine.checkpoint import load_checkpoint

@@ -115,3 +115,27 @@ def test_decode_is_the_viterbi_path_of_the_beta_transitions():
 def test_bad_sizes_are_rejected():
     with pytest.raises(ValueError):
         TrellisSearchNetwork(3, layers=0)
+
+
+def test_second_order_architect_runs_on_the_trellis():
+    from autoseg.search.architect import Architect
+    torch.manual_seed(0)
+    net = TrellisSearchNetwork(3, layers=2, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8)
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-3, weight_decay=1e-3)
+    batch = (torch.randn(2, 3, 24, 24), torch.randint(0, 3, (2, 24, 24)))
+    betas = net.betas.detach().clone()
+    Architect(net, criterion, a_opt, w_opt, unrolled=True).step(batch, batch, xi=0.025)
+    assert not torch.equal(betas, net.betas) and torch.isfinite(net.betas).all()
+
+
+def test_bfloat16_autocast_forward_backward():
+    torch.manual_seed(0)
+    net = TrellisSearchNetwork(3, layers=2, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8)
+    x, y = torch.randn(2, 3, 24, 24), torch.randint(0, 3, (2, 24, 24))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(x)
+    assert logits.dtype == torch.bfloat16
+    torch.nn.functional.cross_entropy(logits.float(), y).backward()
+    assert torch.isfinite(net.alphas.grad).all() and net.alphas.grad.abs().sum() > 0

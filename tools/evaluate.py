@@ -68,8 +68,8 @@ def data_config(saved: dict[str, Any], args: argparse.Namespace) -> DataConfig:
 
 def format_report(result: dict[str, Any]) -> str:
     """The human-readable result: a header, the metrics and (segmentation) the per-class IoU table."""
-    lines = [f"{result['task']} of {result['checkpoint']} on {result['dataset']} {result['split']} "
-             f"({result['images']} images)"]
+    header = f"{result['task']} of {result['checkpoint']} on {result['dataset']} {result['split']}"
+    lines = [f"{header} ({result['images']} images)"]
     if result["task"] == "classification":
         lines.append(f"top-1 accuracy {result['acc']:.2f} %   loss {result['loss']:.4f}")
         return "\n".join(lines)

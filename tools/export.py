@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise UserError(f"--onnx {args.onnx} is a folder: give the path of the .onnx file to write")
     model, saved = load_trained_model(args.checkpoint, "cpu")
     side = default_size(saved)
-    height, width = args.height or side, args.width or side
+    height, width = (side if given is None else given for given in (args.height, args.width))
     if min(height, width) < 1:
         raise UserError(f"--height and --width must be positive, got {height}x{width}")
     segmentation = saved["task"] == "segmentation"

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[str]]:
         colors = colorize(predict_mask(model, image, device), palette)
         mask_path = save_png(colors, args.out / f"{path.stem}_mask.png")
         overlay_path = save_png(blend(image, colors, args.alpha), args.out / f"{path.stem}_overlay.png")
-        print(f"{path} ({image.shape[1]}x{image.shape[0]}) -> {mask_path}, {overlay_path}")
+        print(f"{path} -> {mask_path}, {overlay_path}")
         written["masks"].append(str(mask_path))
         written["overlays"].append(str(overlay_path))
     print(f"segmented {len(images)} image(s) into {args.out}")

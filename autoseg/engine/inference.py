@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoseg.data.folder import IMAGE_SUFFIXES, read_image
+from autoseg.data.folder import IMAGE_SUFFIXES
 from autoseg.data.transforms import eval_transform
 from autoseg.errors import UserError
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from autoseg.config import SearchConfig, to_dict
-from autoseg.engine.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+from autoseg.engine.checkpoint import (CHECKPOINT_NAME, rng_state, save_checkpoint, set_rng_state,
                                        write_json)
 from autoseg.engine.epoch_data import epoch_batches, set_epoch
 from autoseg.engine.search_tasks import SearchTask
@@ -179,7 +179,3 @@ class SearchRun:
                    f"{metric} {valid[metric]:.2f} | {record['seconds']:.1f}s")
         tqdm.write("architecture: " + json.dumps({k: arch[k] for k in arch if k in ("normal", "reduce", "path", "cell")}))
 
-
-def resume_state(run_dir: Path) -> dict[str, Any]:
-    """The checkpoint of a run directory being resumed."""
-    return load_checkpoint(run_dir / CHECKPOINT_NAME)
