@@ -54,24 +54,15 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
             self._update_running_stats(batch_mean.view(groups, c), batch_var.view(groups, c))
         return out.reshape(n, c, h, w)
 
-
     @torch.no_grad()
     def _update_running_stats(self, means: torch.Tensor, variances: torch.Tensor) -> None:
         """Apply one running-statistics update per group, in group order."""
-        groups = means.shape[0]
-        if self.momentum is None:  # cumulative average: needs the count before every update
-            for mean, var in zip(means, variances):
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / self.num_batches_tracked.item()
-                self.running_mean.lerp_(mean, factor)
-                self.running_var.lerp_(var, factor)
-            return
-        # G exponential-moving-average steps in closed form: r <- (1-m)^G r + sum_g m (1-m)^(G-1-g) x_g
-        keep = 1.0 - self.momentum
-        weights = self.momentum * keep ** torch.arange(groups - 1, -1, -1, device=means.device, dtype=means.dtype)
-        self.running_mean.mul_(keep ** groups).add_(weights @ means)
-        self.running_var.mul_(keep ** groups).add_(weights @ variances)
-        self.num_batches_tracked.add_(groups)
+        for mean, var in zip(means, variances):
+            self.num_batches_tracked.add_(1)
+            # momentum None is the cumulative average, whose factor needs the count before every update
+            factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
+            self.running_mean.lerp_(mean, factor)
+            self.running_var.lerp_(var, factor)
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
