@@ -8,12 +8,18 @@ the running statistics once per group, in group order — exactly what ``G`` sep
 The stacked batch is sample-major (sample ``n`` of group ``g`` at index ``n * G + g``), so a
 free view turns it into ``N`` samples of ``G * C`` channels, which ``F.batch_norm`` handles
 in one call.
+
+The search cells' batch norms are affine-free (REFERENCE.md section 1). In training mode they
+run through :class:`AffineFreeBatchNorm`, which keeps the normalised output for the backward
+pass instead of the input: the output is kept anyway by whatever follows (the mixed op's
+weighted sum needs it for the alpha gradient), so this saves one activation per batch norm
+at no cost in exactness.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,24 +38,69 @@ def batch_groups(groups: int) -> Iterator[None]:
         _GROUPS.reset(token)
 
 
+class AffineFreeBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm without affine parameters that saves its output, not its input.
+
+    With ``y = (x - mean) * invstd`` per channel, the input gradient is
+    ``invstd * (g - mean(g) - y * mean(g * y))``: a function of the output alone. ``forward``
+    returns ``(y, invstd)``; ``invstd`` is an output too so that higher-order gradients (double
+    backward) see its dependence on ``x``. The batch mean and unbiased variance are written into
+    ``batch_mean`` and ``batch_var`` for the running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, batch_mean: torch.Tensor, batch_var: torch.Tensor,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        y, _, invstd = torch.native_batch_norm(x, None, None, batch_mean, batch_var, True, 1.0, eps)
+        ctx.save_for_backward(y, invstd)
+        ctx.eps = eps
+        return y, invstd
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor | None,
+                 grad_invstd: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None, None]:
+        y, invstd = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros_like(y)
+        if not torch.is_grad_enabled() and grad_invstd is None:
+            # one fused kernel: batch-norm backward of "input" y with mean 0 and invstd 1, scaled by invstd
+            ones, zeros = torch.ones_like(invstd), torch.zeros_like(invstd)
+            grad_x = torch.ops.aten.native_batch_norm_backward(grad_y, y, invstd, None, None, zeros, ones, True,
+                                                               ctx.eps, [True, False, False])[0]
+            return grad_x, None, None, None
+        dims = [0, *range(2, y.dim())]
+        scale = invstd.view(1, -1, *[1] * (y.dim() - 2))
+        grad_x = scale * (grad_y - grad_y.mean(dims, keepdim=True) - y * (grad_y * y).mean(dims, keepdim=True))
+        if grad_invstd is not None:  # d invstd / dx = -invstd^2 * y / M per channel
+            count = y.numel() // y.shape[1]
+            grad_x = grad_x - (grad_invstd.view_as(scale) * scale.square() / count) * y
+        return grad_x, None, None, None
+
+
 class GroupedBatchNorm2d(nn.BatchNorm2d):
-    """:class:`torch.nn.BatchNorm2d` that honours :func:`batch_groups` (same parameters and state dict)."""
+    """:class:`torch.nn.BatchNorm2d` that honours :func:`batch_groups` (same parameters and state dict)
+    and, when affine-free, saves its output for backward (:class:`AffineFreeBatchNorm`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         groups = _GROUPS.get()
-        if groups == 1:
+        batch_statistics = self.training or not self.track_running_stats
+        if groups == 1 and (self.affine or not batch_statistics):
             return super().forward(x)
         n, c, h, w = x.shape
         grouped = x.reshape(n // groups, groups * c, h, w)
-        weight = self.weight.repeat(groups) if self.affine else None
-        bias = self.bias.repeat(groups) if self.affine else None
-        if not self.training and self.track_running_stats:
+        if not batch_statistics:
             out = F.batch_norm(grouped, self.running_mean.repeat(groups), self.running_var.repeat(groups),
-                               weight, bias, False, 0.0, self.eps)
+                               self.weight.repeat(groups) if self.affine else None,
+                               self.bias.repeat(groups) if self.affine else None, False, 0.0, self.eps)
             return out.reshape(n, c, h, w)
-        batch_mean = torch.zeros(groups * c, device=x.device, dtype=self.running_mean.dtype)
-        batch_var = torch.ones(groups * c, device=x.device, dtype=self.running_var.dtype)
-        out = F.batch_norm(grouped, batch_mean, batch_var, weight, bias, True, 1.0, self.eps)
+        dtype = self.running_mean.dtype if self.track_running_stats else torch.promote_types(x.dtype, torch.float32)
+        batch_mean = torch.zeros(groups * c, device=x.device, dtype=dtype)
+        batch_var = torch.ones(groups * c, device=x.device, dtype=dtype)
+        if self.affine:
+            out = F.batch_norm(grouped, batch_mean, batch_var, self.weight.repeat(groups), self.bias.repeat(groups),
+                               True, 1.0, self.eps)
+        else:
+            out, _ = AffineFreeBatchNorm.apply(grouped, batch_mean, batch_var, self.eps)
         if self.track_running_stats:
             self._update_running_stats(batch_mean.view(groups, c), batch_var.view(groups, c))
         return out.reshape(n, c, h, w)
