@@ -7,6 +7,7 @@ from torch import nn
 
 from autoseg.genotype import num_edges
 from autoseg.ops import PRIMITIVES, build_op, list_ops, register_op
+from autoseg.profiling import saved_activation_bytes
 from autoseg.search import wide_ops
 from autoseg.search.mixed_op import MixedCell, MixedEdges
 
@@ -203,3 +204,14 @@ def test_mixed_cell_blocks_and_strides():
         MixedCell(4, num_blocks=3, multiplier=4, primitives=PRIMITIVES)
     with pytest.raises(ValueError, match="other than 'none'"):
         MixedEdges(4, 2, 1, ["none"])
+
+
+def test_mixed_cell_saves_fewer_activations_than_the_edge_by_edge_reference():
+    torch.manual_seed(0)
+    cell = MixedCell(8, 4, 4, PRIMITIVES)
+    edges = reference_edges(cell, 8, reduction=False)
+    s0, s1 = (torch.randn(2, 8, 16, 16, requires_grad=True) for _ in range(2))
+    weights = torch.softmax(torch.randn(num_edges(4), len(PRIMITIVES), requires_grad=True), -1)
+    wide = saved_activation_bytes(lambda: cell(s0, s1, weights))
+    reference = saved_activation_bytes(lambda: reference_cell(edges, 4, 4, s0, s1, weights))
+    assert wide < 0.75 * reference

@@ -8,7 +8,9 @@
 Random inputs of the given size; the sizes default to each mode's paper setting. Prints one
 JSON line: the setting, the weight parameter count, the median seconds of a weight step
 (forward, backward, SGD) and of an architecture step (first order, or second order with
---unrolled), and the peak memory (CUDA max allocated, or the process's peak RSS on CPU).
+--unrolled), the peak memory (CUDA max allocated, or the process's peak RSS on CPU), and the
+activations one forward pass saves for backward (``saved_activations_mb``: device-independent,
+so a CPU run tells how much GPU memory the activations of a setting take).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from autoseg.cli import run_tool  # noqa: E402
 from autoseg.config import DartsSearchModelConfig, SearchConfig, TrellisModelConfig  # noqa: E402
 from autoseg.engine.checkpoint import resolve_device  # noqa: E402
 from autoseg.engine.search_tasks import build_search_model  # noqa: E402
+from autoseg.profiling import saved_activation_bytes  # noqa: E402
 from autoseg.search.architect import Architect  # noqa: E402
 
 
@@ -48,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cells in backward (hierarchical)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
+    p.add_argument("--steps", type=int, default=5, help="timed steps of each kind (0: memory figures only)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     return p.parse_args(argv)
@@ -71,8 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
                                        filter_multiplier=args.filter_multiplier,
                                        checkpoint_cells=args.checkpoint_cells)
     else:
+        blocks = args.blocks or 4
         model_cfg = DartsSearchModelConfig(init_channels=args.init_channels, layers=args.layers or 8,
-                                           blocks=args.blocks or 4)
+                                           blocks=blocks, multiplier=blocks)
     cfg = SearchConfig(mode=args.mode, model=model_cfg)
     size = args.crop_size or (321 if hierarchical else 32)
     batch = args.batch_size or (2 if hierarchical else 64)
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
             step()
             _sync(device)
             seconds.append(time.perf_counter() - start)
-        timings[name] = round(statistics.median(seconds), 4)
+        timings[name] = round(statistics.median(seconds), 4) if seconds else None
     if device.type == "cuda":
         peak = {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory": "cuda_max_allocated"}
         machine = torch.cuda.get_device_name()
@@ -119,12 +123,15 @@ def main(argv: list[str] | None = None) -> dict:
         peak = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "memory": "peak_rss"}
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        saved = saved_activation_bytes(lambda: criterion(model(inputs).float(), target))
     result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp,
               "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells, "batch_size": batch,
               "crop_size": size, **({"filter_multiplier": args.filter_multiplier, "levels": args.levels}
                                     if hierarchical else {"init_channels": args.init_channels}),
               "layers": model_cfg.layers, "blocks": model_cfg.blocks,
               "params": sum(p.numel() for p in model.weight_parameters()), **timings, **peak,
+              "saved_activations_mb": round(saved / 2**20, 1),
               "torch": torch.__version__}
     print(json.dumps(result))
     return result

@@ -1,0 +1,44 @@
+"""The benchmark tool and the saved-activation measurement behind its memory figures."""
+import pytest
+import torch
+
+from autoseg.profiling import saved_activation_bytes
+from autoseg.search.trellis_network import TrellisSearchNetwork
+
+
+def test_saved_activation_bytes_counts_each_storage_once():
+    x = torch.randn(4, 4, requires_grad=True)  # 64 bytes
+    # exp keeps its output e; the product keeps e (again) and x: two storages
+    assert saved_activation_bytes(lambda: (x.exp() * x).sum()) == 2 * 64
+    with torch.no_grad():
+        assert saved_activation_bytes(lambda: (x.exp() * x).sum()) == 0
+
+
+def test_cell_checkpointing_saves_fewer_activations():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    saved = {}
+    for checkpointed in (False, True):
+        net = TrellisSearchNetwork(3, layers=3, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8,
+                                   checkpoint_cells=checkpointed)
+        saved[checkpointed] = saved_activation_bytes(lambda: net(x))
+    assert saved[True] < 0.6 * saved[False]
+
+
+@pytest.mark.parametrize("args", [
+    ["--mode", "hierarchical", "--layers", "2", "--levels", "2", "--blocks", "2", "--filter-multiplier", "2",
+     "--crop-size", "16", "--num-classes", "3"],
+    ["--mode", "cifar", "--layers", "3", "--blocks", "2", "--init-channels", "4", "--batch-size", "2"],
+])
+def test_benchmark_prints_one_json_line_with_the_figures(tool, capsys, args):
+    result = tool("benchmark")([*args, "--steps", "1", "--warmup", "0", "--device", "cpu"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("{")
+    assert result["weight_step_s"] > 0 and result["arch_step_s"] > 0
+    assert result["peak_memory_mb"] > 0 and result["saved_activations_mb"] > 0 and result["params"] > 0
+
+
+def test_benchmark_memory_only(tool):
+    result = tool("benchmark")(["--layers", "2", "--levels", "2", "--blocks", "2", "--filter-multiplier", "2",
+                                "--crop-size", "16", "--steps", "0", "--warmup", "0", "--device", "cpu"])
+    assert result["weight_step_s"] is None and result["saved_activations_mb"] > 0
