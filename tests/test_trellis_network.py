@@ -88,7 +88,7 @@ def test_stacked_cell_runs_equal_one_run_per_transition():
                               _node_by_transition(reference, prev, prev_prev, probs, weights, size), atol=1e-5)
 
 
-def test_cell_checkpointing_gives_the_same_gradients():
+def test_cell_checkpointing_gives_the_same_gradients_and_statistics():
     torch.manual_seed(0)
     plain = TrellisSearchNetwork(3, layers=3, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8)
     checkpointed = copy.deepcopy(plain)
@@ -98,6 +98,9 @@ def test_cell_checkpointing_gives_the_same_gradients():
         torch.nn.functional.cross_entropy(net(x), y).backward()
     for p, q in zip(plain.parameters(), checkpointed.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5)
+    # the recomputation in backward does not count the batch a second time
+    for (name, b), (_, c) in zip(plain.named_buffers(), checkpointed.named_buffers()):
+        assert torch.allclose(b.float(), c.float(), atol=1e-6), name
 
 
 def test_decode_is_the_viterbi_path_of_the_beta_transitions():

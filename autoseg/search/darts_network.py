@@ -11,6 +11,7 @@ from torch import nn
 from autoseg.genotype import Genotype, num_edges
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_darts
+from autoseg.search.grouped_batchnorm import convert_batchnorm
 from autoseg.search.mixed_op import MixedCell
 
 
@@ -65,6 +66,7 @@ class DartsSearchNetwork(nn.Module):
         shape = (num_edges(num_blocks), len(self.primitives))
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        convert_batchnorm(self)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters (alpha of the normal and of the reduction cell)."""

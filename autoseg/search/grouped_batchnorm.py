@@ -28,14 +28,28 @@ from torch import nn
 _GROUPS: contextvars.ContextVar[int] = contextvars.ContextVar("autoseg_batch_groups", default=1)
 
 
+_FROZEN: contextvars.ContextVar[bool] = contextvars.ContextVar("autoseg_frozen_statistics", default=False)
+
+
 @contextlib.contextmanager
-def batch_groups(groups: int) -> Iterator[None]:
-    """Within this block, grouped batch norms treat their batch as ``groups`` stacked groups."""
-    token = _GROUPS.set(groups)
+def _set(variable: contextvars.ContextVar, value: Any) -> Iterator[None]:
+    token = variable.set(value)
     try:
         yield
     finally:
-        _GROUPS.reset(token)
+        variable.reset(token)
+
+
+def batch_groups(groups: int) -> contextlib.AbstractContextManager:
+    """Within this block, grouped batch norms treat their batch as ``groups`` stacked groups."""
+    return _set(_GROUPS, groups)
+
+
+def frozen_running_statistics() -> contextlib.AbstractContextManager:
+    """Within this block, grouped batch norms in training mode normalise with batch statistics
+    but leave their running statistics alone (for the recomputed forward pass of activation
+    checkpointing, which would otherwise count every batch twice)."""
+    return _set(_FROZEN, True)
 
 
 class AffineFreeBatchNorm(torch.autograd.Function):
@@ -82,9 +96,9 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
     and, when affine-free, saves its output for backward (:class:`AffineFreeBatchNorm`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        groups = _GROUPS.get()
+        groups, frozen = _GROUPS.get(), _FROZEN.get()
         batch_statistics = self.training or not self.track_running_stats
-        if groups == 1 and (self.affine or not batch_statistics):
+        if groups == 1 and (not batch_statistics or self.affine and not frozen):
             return super().forward(x)
         n, c, h, w = x.shape
         grouped = x.reshape(n // groups, groups * c, h, w)
@@ -101,7 +115,7 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
                                True, 1.0, self.eps)
         else:
             out, _ = AffineFreeBatchNorm.apply(grouped, batch_mean, batch_var, self.eps)
-        if self.track_running_stats:
+        if self.track_running_stats and not frozen:
             self._update_running_stats(batch_mean.view(groups, c), batch_var.view(groups, c))
         return out.reshape(n, c, h, w)
 

@@ -23,6 +23,7 @@ depends on there being 12 layers or 4 levels.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -35,15 +36,17 @@ from autoseg.genotype import num_edges
 from autoseg.models.aspp import ASPP
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_hierarchical
-from autoseg.search.grouped_batchnorm import batch_groups
+from autoseg.search.grouped_batchnorm import batch_groups, convert_batchnorm, frozen_running_statistics
 from autoseg.search.mixed_op import MixedCell
 from autoseg.trellis import predecessors, transition_probabilities, trellis_nodes
 
 STEM_CHANNELS = (64, 64, 128)
 
 
-def _resize_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+def _recompute_without_statistics() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """Contexts of a checkpointed node's forward pass and of its recomputation in backward: the
+    recomputation must not update the batch-norm running statistics a second time."""
+    return contextlib.nullcontext(), frozen_running_statistics()
 
 
 class Upsample(nn.Module):
@@ -160,6 +163,7 @@ class TrellisSearchNetwork(nn.Module):
         })
         self.alphas = nn.Parameter(1e-3 * torch.randn(num_edges(blocks), len(self.primitives)))
         self.betas = nn.Parameter(1e-3 * torch.randn(layers, levels, 3))
+        convert_batchnorm(self)
 
     @staticmethod
     def node_key(layer: int, level: int) -> str:
@@ -196,7 +200,8 @@ class TrellisSearchNetwork(nn.Module):
                 args = (prev, states.get((layer - 2, level)), probs[layer, :, level], cell_weights, sizes[level])
                 node = self.nodes[key]
                 if self.checkpoint_cells and torch.is_grad_enabled():
-                    states[(layer, level)] = checkpoint(node, *args, use_reentrant=False)
+                    states[(layer, level)] = checkpoint(node, *args, use_reentrant=False,
+                                                        context_fn=_recompute_without_statistics)
                 else:
                     states[(layer, level)] = node(*args)
             for stale in [k for k in states if k[0] == layer - 2]:
