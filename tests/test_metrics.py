@@ -143,3 +143,31 @@ def test_all_reduce_in_a_single_process_group(tmp_path: Path) -> None:
         assert meter.matrix.tolist() == EXPECTED_CM
     finally:
         dist.destroy_process_group()
+
+
+class _SizeRecorder(torch.nn.Module):
+    """Predicts class 1 everywhere and records the input sizes it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        logits = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+        logits[:, 1] = 5.0
+        return logits
+
+
+@pytest.mark.parametrize("scale,seen", [(1.0, (8, 10)), (0.5, (4, 5))])
+def test_evaluation_at_an_input_scale_scores_the_full_size_masks(scale, seen):
+    from autoseg.engine.evaluation import evaluate_segmentation
+    masks = torch.ones(2, 8, 10, dtype=torch.long)
+    masks[:, :, 5:] = 2  # half class 1 (predicted), half class 2 (never predicted), class 0 absent
+    loader = [(torch.randn(2, 3, 8, 10), masks)]
+    model = _SizeRecorder()
+    result = evaluate_segmentation(model, loader, torch.device("cpu"), torch.nn.CrossEntropyLoss(), 3,
+                                   input_scale=scale)
+    assert model.sizes == [seen]
+    assert result["pixel_acc"] == pytest.approx(50.0)
+    assert result["miou"] == pytest.approx(25.0)  # IoU 50 % (class 1) and 0 % (class 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -37,8 +38,14 @@ def evaluate_classification(model: nn.Module, loader: DataLoader, device: torch.
 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, loader: DataLoader, device: torch.device, criterion: Callable,
-                          num_classes: int, max_batches: int | None = None, amp: bool = False) -> dict:
-    """Mean loss, mIoU and pixel accuracy (in %), and the per-class IoU over ``loader``."""
+                          num_classes: int, max_batches: int | None = None, amp: bool = False,
+                          input_scale: float = 1.0) -> dict:
+    """Mean loss, mIoU and pixel accuracy (in %), and the per-class IoU over ``loader``.
+
+    With ``input_scale`` the model sees each image resized by that factor (the scale it was
+    trained at, e.g. 0.5 for a search on half-resolution Cityscapes) and its logits are
+    resized back, so the metrics are always computed on the full-size masks.
+    """
     model.eval()
     meter = ConfusionMeter(num_classes)
     total_loss, batches = 0.0, 0
@@ -47,7 +54,12 @@ def evaluate_segmentation(model: nn.Module, loader: DataLoader, device: torch.de
             break
         images, masks = images.to(device), masks.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = _logits(model(images)).float()
+            if input_scale == 1.0:
+                logits = _logits(model(images)).float()
+            else:
+                small = F.interpolate(images, scale_factor=input_scale, mode="bilinear", align_corners=False)
+                logits = F.interpolate(_logits(model(small)).float(), size=masks.shape[-2:], mode="bilinear",
+                                       align_corners=False)
         total_loss += criterion(logits, masks).item()
         batches += 1
         meter.update(logits, masks)

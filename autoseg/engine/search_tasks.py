@@ -88,15 +88,17 @@ def build_search_task(cfg: SearchConfig) -> SearchTask:
         return SearchTask(model, criterion, partial(evaluate_classification, criterion=criterion), "acc",
                           "genotype.json", num_classes)
     criterion = nn.CrossEntropyLoss(ignore_index=255)
-    return SearchTask(model, criterion,
-                      partial(evaluate_segmentation, criterion=criterion, num_classes=num_classes), "miou", "arch.json", num_classes)
+    evaluate = partial(evaluate_segmentation, criterion=criterion, num_classes=num_classes,
+                       input_scale=cfg.data.scale or 1.0)
+    return SearchTask(model, criterion, evaluate, "miou", "arch.json", num_classes)
 
 
 def build_search_data(cfg: SearchConfig) -> tuple[Dataset, Dataset, Dataset]:
     """(half A for the weights, half B for the architecture, the held-out evaluation set).
 
     CIFAR-10 follows the DARTS code and reports accuracy on half B; the hierarchical mode
-    reports mIoU on the dataset's validation split at full size.
+    reports mIoU on the full-size masks of the dataset's validation split, the supernet seeing
+    each image at the search scale (``data.scale``: half resolution for Cityscapes).
     """
     train = build_split(cfg.data, "train", augment=True, transform_kind=None if cfg.mode == "cifar" else "search")
     half_a, half_b = split_in_halves(train, seed=cfg.train.seed)
