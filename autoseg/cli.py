@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from autoseg.config import override
+from autoseg.config import override, save_config
+from autoseg.engine import distributed
+from autoseg.engine.checkpoint import check_run_dir
 from autoseg.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -74,8 +76,22 @@ def default_run_dir(tool: str, dataset: str) -> Path:
     return Path("runs") / tool / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def choose_run_dir(tool: str, dataset: str, out: Path | None, resume: Path | None) -> Path:
+    """Where a training tool writes: ``resume`` when continuing a run, else ``out`` or a fresh
+    default; a directory that is not empty is refused unless resumed (see :func:`check_run_dir`)."""
+    return check_run_dir(resume or out or default_run_dir(tool, dataset), resume=resume is not None)
+
+
+def create_run_dir(run_dir: Path, config: Any) -> None:
+    """Create a new run directory holding the resolved ``config``; called once everything the run
+    needs has been built, so that bad input leaves no directory behind."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+
+
 def run_tool(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a tool's ``main``; a UserError becomes ``error: <message>`` and exit status 2."""
+    """Run a tool's ``main``; a UserError becomes ``error: <message>`` and exit status 2. A
+    process of a torchrun launch leaves its process group at the end."""
     try:
         main(argv)
     except UserError as exc:
@@ -84,3 +100,5 @@ def run_tool(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", file=sys.stderr)
         sys.exit(130)
+    finally:
+        distributed.teardown()

@@ -147,7 +147,11 @@ class RetrainOptimizerConfig:
 
 @dataclass
 class RetrainTrainConfig:
-    """Length (epochs, or iterations when set), evaluation cadence, device and seed."""
+    """Length (epochs, or iterations when set), evaluation cadence, device and seed.
+
+    ``sync_batchnorm``: on several GPUs (torchrun), batch norms use the statistics of the whole
+    batch (``torch.nn.SyncBatchNorm``) instead of each GPU's share, as DeepLab trains.
+    """
 
     epochs: int = 100
     iterations: int | None = None
@@ -157,6 +161,7 @@ class RetrainTrainConfig:
     device: str = "auto"
     amp: bool = False
     log_every: int = 50
+    sync_batchnorm: bool = True
 
 
 @dataclass

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, write_config
+from conftest import ROOT, TINY_TRELLIS, write_config
 from fakes import write_fake_cifar10
 
 from autoseg.engine.checkpoint import load_checkpoint
@@ -107,6 +107,17 @@ def test_hierarchical_search_resume_reproduces_the_uninterrupted_run(tool, tiny_
     assert full["arch"] == resumed["arch"]
 
 
+def test_epochs_follow_the_shorter_half_when_the_halves_differ(tool, tmp_path):
+    # 15 images: half A (weights) gets 8 = 4 batches of 2, half B (architecture) 7 = 3 batches
+    config = write_config(tmp_path / "odd.yaml", "search/synthetic",
+                          data={"image_size": 32, "crop_size": 32, "train_length": 15, "val_length": 2,
+                                "batch_size": 2, "eval_batch_size": 2},
+                          model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1})
+    tool("search")(["--config", str(config), "--out", str(tmp_path / "run")])
+    state = load_checkpoint(tmp_path / "run")
+    assert [h["global_step"] for h in state["history"]] == [3, 6]
+
+
 def test_existing_run_directory_is_never_overwritten(tool, tiny_synthetic_config, tmp_path):
     from autoseg.errors import UserError
     (tmp_path / "run").mkdir()
@@ -121,11 +132,14 @@ def test_existing_run_directory_is_never_overwritten(tool, tiny_synthetic_config
     (["--resume", "{tmp}/nothing"], "cannot resume"),
     (["--dataset", "folder", "--data-root", "{tmp}"], "num_classes"),
     (["--dataset", "cifar10", "--filter-multiplier", "4"], "hierarchical search only"),
+    (["--batch-size", "1"], "at least 2"),
+    (["--batch-size", "200"], "fewer than one batch"),
 ])
-def test_bad_input_is_a_user_error(tool, tmp_path, args, message):
+def test_bad_input_is_a_user_error_and_leaves_no_run_directory(tool, tmp_path, args, message):
     from autoseg.errors import UserError
     with pytest.raises(UserError, match=message):
         tool("search")([a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("args,message", [

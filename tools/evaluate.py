@@ -24,12 +24,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from autoseg.cli import apply_overrides, run_tool  # noqa: E402
 from autoseg.config import DataConfig, from_dict  # noqa: E402
 from autoseg.engine.checkpoint import resolve_device  # noqa: E402
 from autoseg.engine.datasets import build_split  # noqa: E402
+from autoseg.engine.epoch_data import evaluation_batches  # noqa: E402
 from autoseg.engine.evaluation import evaluate_classification, evaluate_segmentation  # noqa: E402
 from autoseg.engine.trained import load_trained_model  # noqa: E402
 from autoseg.errors import UserError  # noqa: E402
@@ -101,19 +101,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if dataset.num_classes != saved["num_classes"]:
         raise UserError(f"the model predicts {saved['num_classes']} classes but {data.dataset} has "
                         f"{dataset.num_classes}: evaluate it on data with the classes it was trained for")
-    loader = DataLoader(dataset, batch_size=data.eval_batch_size, num_workers=data.num_workers,
-                        pin_memory=device.type == "cuda")
-    batches = len(loader) if args.max_batches is None else min(len(loader), args.max_batches)
+    loader = evaluation_batches(dataset, data.eval_batch_size, args.max_batches, data.num_workers,
+                                pin_memory=device.type == "cuda")
     result: dict[str, Any] = {"checkpoint": str(args.checkpoint), "task": saved["task"], "dataset": data.dataset,
-                              "split": split, "images": min(len(dataset), batches * data.eval_batch_size)}
+                              "split": split, "images": len(loader.dataset)}
     if segmentation:
         metrics = evaluate_segmentation(model, loader, device, nn.CrossEntropyLoss(ignore_index=dataset.ignore_index),
-                                        saved["num_classes"], args.max_batches, args.amp)
+                                        saved["num_classes"], args.amp)
         iou = {name: None if math.isnan(value) else 100.0 * value
                for name, value in zip(saved["class_names"], metrics["iou"])}
         result.update(loss=metrics["loss"], miou=metrics["miou"], pixel_acc=metrics["pixel_acc"], iou=iou)
     else:
-        metrics = evaluate_classification(model, loader, device, nn.CrossEntropyLoss(), args.max_batches, args.amp)
+        metrics = evaluate_classification(model, loader, device, nn.CrossEntropyLoss(), args.amp)
         result.update(loss=metrics["loss"], acc=metrics["acc"])
     print(json.dumps(result) if args.json else format_report(result))
     return result

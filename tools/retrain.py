@@ -22,11 +22,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, default_config,  # noqa: E402
-                         default_run_dir, run_tool)
-from autoseg.config import RetrainConfig, load_config, save_config  # noqa: E402
+from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,  # noqa: E402
+                         create_run_dir, default_config, run_tool)
+from autoseg.config import RetrainConfig, load_config  # noqa: E402
 from autoseg.data import dataset_num_classes  # noqa: E402
-from autoseg.engine.checkpoint import load_checkpoint, prepare_run_dir, resolve_device, seed_everything  # noqa: E402
+from autoseg.engine import distributed  # noqa: E402
+from autoseg.engine.checkpoint import check_run_dir, load_checkpoint, seed_everything  # noqa: E402
 from autoseg.engine.datasets import build_split  # noqa: E402
 from autoseg.engine.retrain_loop import RetrainRun  # noqa: E402
 from autoseg.errors import UserError  # noqa: E402
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> RetrainConfig:
     """The saved config when resuming, else the YAML file plus the flags."""
     if args.resume is not None:
-        prepare_run_dir(args.resume, resume=True)
+        check_run_dir(args.resume, resume=True)
         cfg = load_config(args.resume / "config.yaml", RetrainConfig)
         fixed = [f"--{d.replace('_', '-')}" for d in RETRAIN_FLAGS
                  if getattr(args, d, None) is not None and d not in RESUME_FLAGS]
@@ -95,12 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "num_classes": meta["num_classes"]}
         print(json.dumps(summary))
         return summary
-    device = resolve_device(cfg.train.device)
-    run_dir = prepare_run_dir(args.resume or args.out or default_run_dir("retrain", cfg.data.dataset),
-                              resume=args.resume is not None)
-    state = load_checkpoint(run_dir) if args.resume else None
-    if state is None:
-        save_config(cfg, run_dir / "config.yaml")
+    device = distributed.setup(cfg.train.device)
+    run_dir = distributed.on_main(lambda: choose_run_dir("retrain", cfg.data.dataset, args.out, args.resume))
     model, meta = build(cfg)
     segmentation = meta["task"] == "segmentation"
     train_set = build_split(cfg.data, "train", augment=True, transform_kind="retrain" if segmentation else None)
@@ -108,13 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
     meta.update(class_names=list(train_set.class_names),
                 palette=train_set.palette.tolist() if segmentation else [])
     run = RetrainRun(cfg, model, meta, train_set, run_dir, device)
-    if state is not None:
-        run.load_state_dict(state)
-    print(f"retraining {cfg.model.arch} ({count_parameters(model):,} parameters) on {cfg.data.dataset}, "
-          f"{run.total_steps} steps, device {device}, run directory {run_dir}")
+    if args.resume:
+        run.load_state_dict(load_checkpoint(run_dir))
+    else:
+        distributed.on_main(lambda: create_run_dir(run_dir, cfg))
+    say = print if distributed.is_main() else lambda *_: None
+    say(f"retraining {cfg.model.arch} ({count_parameters(model):,} parameters) on {cfg.data.dataset}, "
+        f"{run.total_steps} steps, device {device} x {distributed.world_size()} process(es), run directory {run_dir}")
     record = run.run(val_set)
-    print(f"best {run.best['metric']} {run.best['value']:.2f} at epoch {run.best['epoch']}; "
-          f"wrote {run_dir / 'best.pt'}")
+    say(f"best {run.best['metric']} {run.best['value']:.2f} at epoch {run.best['epoch']}; "
+        f"wrote {run_dir / 'best.pt'}")
     return record
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, default_config,  # noqa: E402
-                         default_run_dir, run_tool)
-from autoseg.config import SearchConfig, load_config, save_config  # noqa: E402
-from autoseg.engine.checkpoint import load_checkpoint, prepare_run_dir, resolve_device, seed_everything  # noqa: E402
+from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,  # noqa: E402
+                         create_run_dir, default_config, run_tool)
+from autoseg.config import SearchConfig, load_config  # noqa: E402
+from autoseg.engine import distributed  # noqa: E402
+from autoseg.engine.checkpoint import check_run_dir, load_checkpoint, seed_everything  # noqa: E402
 from autoseg.engine.search_loop import SearchRun  # noqa: E402
 from autoseg.engine.search_tasks import build_search_data, build_search_task  # noqa: E402
 from autoseg.errors import UserError  # noqa: E402
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> SearchConfig:
     """The experiment: the saved config when resuming, else the YAML file plus the flags."""
     if args.resume is not None:
-        prepare_run_dir(args.resume, resume=True)
+        check_run_dir(args.resume, resume=True)
         cfg = load_config(args.resume / "config.yaml", SearchConfig)
         fixed = [f"--{dest.replace('_', '-')}" for dest in SEARCH_FLAGS
                  if getattr(args, dest, None) is not None and dest not in RESUME_FLAGS]
@@ -74,24 +75,23 @@ def main(argv: list[str] | None = None) -> dict:
         summary = build_search_task(cfg).summary()
         print(json.dumps(summary))
         return summary
-    device = resolve_device(cfg.train.device)
-    run_dir = prepare_run_dir(args.resume or args.out or default_run_dir("search", cfg.data.dataset),
-                              resume=args.resume is not None)
-    state = load_checkpoint(run_dir) if args.resume else None
-    if state is None:
-        save_config(cfg, run_dir / "config.yaml")
+    device = distributed.setup(cfg.train.device)
+    run_dir = distributed.on_main(lambda: choose_run_dir("search", cfg.data.dataset, args.out, args.resume))
     seed_everything(cfg.train.seed)
     data = build_search_data(cfg)
-    task = build_search_task(cfg)
-    run = SearchRun(cfg, task, run_dir, device)
-    if state is not None:
-        run.load_state_dict(state)
-    print(f"searching ({cfg.mode}) on {cfg.data.dataset} with {task.summary()['params']:,} weight parameters, "
-          f"device {device}, run directory {run_dir}")
-    run.run(*data)
+    run = SearchRun(cfg, build_search_task(cfg), data, run_dir, device)
+    if args.resume:
+        run.load_state_dict(load_checkpoint(run_dir))
+    else:
+        distributed.on_main(lambda: create_run_dir(run_dir, cfg))
+    task = run.task
+    say = print if distributed.is_main() else lambda *_: None
+    say(f"searching ({cfg.mode}) on {cfg.data.dataset} with {task.summary()['params']:,} weight parameters, "
+        f"device {device} x {distributed.world_size()} process(es), run directory {run_dir}")
+    run.run()
     arch = task.decode()
-    print(format_architecture(arch))
-    print(f"wrote {run_dir / task.artifact}")
+    say(format_architecture(arch))
+    say(f"wrote {run_dir / task.artifact}")
     return arch
 
 

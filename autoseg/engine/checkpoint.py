@@ -55,17 +55,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path} is not a readable autoseg checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def prepare_run_dir(out: str | Path, resume: bool) -> Path:
-    """Create the run directory; refuse to reuse a non-empty one unless resuming it."""
+def check_run_dir(out: str | Path, resume: bool) -> Path:
+    """The run directory to write, checked: a resumed one must hold a checkpoint, a new one must
+    not exist or be empty (a run directory is never overwritten). Creates nothing."""
     out = Path(out)
     if resume:
         if not (out / CHECKPOINT_NAME).is_file():
             raise UserError(f"cannot resume: {out / CHECKPOINT_NAME} does not exist")
         return out
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"run directory {out} already exists and is not empty; pass --resume {out} to continue "
                         "it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 

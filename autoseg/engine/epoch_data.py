@@ -2,12 +2,17 @@
 
 A stopped run restarts mid-epoch by skipping the batches it already consumed; together with
 augmentation seeded per (seed, epoch, index) by the datasets, a resumed run sees exactly the
-batches an uninterrupted one would.
+batches an uninterrupted one would. In a run of several processes each process loads its
+share of every batch (:mod:`autoseg.engine.distributed`), so together they load exactly the
+batches one process would.
 """
 from __future__ import annotations
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from autoseg.engine.distributed import rank, shard_batch_size, world_size
+from autoseg.errors import UserError
 
 
 def set_epoch(dataset: Dataset, epoch: int) -> None:
@@ -30,9 +35,31 @@ def epoch_order(length: int, seed: int) -> list[int]:
 
 def epoch_batches(dataset: Dataset, batch_size: int, seed: int, skip_batches: int = 0, num_workers: int = 0,
                   pin_memory: bool = False) -> DataLoader:
-    """Full batches of ``dataset`` in the order of ``seed``, without the first ``skip_batches``."""
+    """Full batches of ``batch_size`` samples of ``dataset`` in the order of ``seed``, without
+    the first ``skip_batches``; with several processes, this process's share of each batch."""
     order = epoch_order(len(dataset), seed)
-    usable = len(order) // batch_size * batch_size
-    return DataLoader(Subset(dataset, order[skip_batches * batch_size:usable]), batch_size=batch_size,
-                      shuffle=False, drop_last=True, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False)
+    share = shard_batch_size(batch_size)
+    start = rank() * share
+    indices = [index for step in range(skip_batches, len(order) // batch_size)
+               for index in order[step * batch_size + start:step * batch_size + start + share]]
+    return DataLoader(Subset(dataset, indices), batch_size=share, shuffle=False, drop_last=True,
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
+
+
+def check_segmentation_batch_size(batch_size: int) -> None:
+    """Raise unless every process gets at least 2 images per batch: the image-pooling branch of
+    ASPP batch-normalises one value per image and channel, which needs two images."""
+    if shard_batch_size(batch_size) < 2:
+        raise UserError(f"a batch of {batch_size} gives each of the {world_size()} process(es) fewer than 2 images; "
+                        "the ASPP image-pooling branch normalises over the images of a batch and needs at least 2: "
+                        f"use --batch-size {2 * world_size()} or more")
+
+
+def evaluation_batches(dataset: Dataset, batch_size: int, max_batches: int | None = None, num_workers: int = 0,
+                       pin_memory: bool = False) -> DataLoader:
+    """Batches of ``dataset`` in order (only the first ``max_batches`` batches' samples when
+    given); with several processes, every process evaluates every ``world_size``-th sample."""
+    length = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
+    indices = range(rank(), length, world_size())
+    return DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
+                      pin_memory=pin_memory)

@@ -21,8 +21,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from autoseg.config import RetrainConfig, to_dict
-from autoseg.engine.checkpoint import CHECKPOINT_NAME, rng_state, save_checkpoint, set_rng_state
-from autoseg.engine.epoch_data import epoch_batches, set_epoch
+from autoseg.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from autoseg.engine.distributed import (broadcast_buffers, data_parallel, is_distributed, is_main,
+                                        process_rng_states, restore_process_rng_state, sum_over_processes)
+from autoseg.engine.epoch_data import check_segmentation_batch_size, epoch_batches, evaluation_batches, set_epoch
 from autoseg.engine.evaluation import evaluate_classification, evaluate_segmentation
 from autoseg.errors import UserError
 
@@ -35,8 +37,13 @@ class RetrainRun:
     def __init__(self, cfg: RetrainConfig, model: nn.Module, meta: dict[str, Any], train_set: Dataset,
                  run_dir: Path, device: torch.device):
         self.cfg, self.meta, self.train_set, self.run_dir, self.device = cfg, meta, train_set, run_dir, device
+        if cfg.train.sync_batchnorm and is_distributed() and device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the whole batch
         self.model = model.to(device)
+        self.train_model = data_parallel(self.model, device)  # the training forward (gradients averaged)
         self.segmentation = meta["task"] == "segmentation"
+        if self.segmentation:
+            check_segmentation_batch_size(cfg.data.batch_size)
         self.metric = "miou" if self.segmentation else "acc"
         o, t = cfg.optimizer, cfg.train
         self.steps_per_epoch = len(train_set) // cfg.data.batch_size
@@ -66,7 +73,7 @@ class RetrainRun:
         return {**self.meta, "kind": "retrain", "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "history": self.history, "best": self.best, "rng": rng_state(), "config": to_dict(self.cfg)}
+                "history": self.history, "best": self.best, "rng": process_rng_states(), "config": to_dict(self.cfg)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`."""
@@ -75,7 +82,7 @@ class RetrainRun:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.history, self.best = state["history"], state["best"]
-        set_rng_state(state["rng"])
+        restore_process_rng_state(state["rng"])
 
     # -- loop ----------------------------------------------------------------------------
     def loss(self, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
@@ -90,7 +97,7 @@ class RetrainRun:
         limit = self.cfg.train.max_steps
         return self.global_step >= self.total_steps or (limit is not None and self.global_step >= limit)
 
-    def train_one_epoch(self, writer: SummaryWriter) -> dict[str, float]:
+    def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, float]:
         """Run (the rest of) the current epoch, or until a step limit."""
         cfg, device = self.cfg, self.device
         set_epoch(self.train_set, self.epoch)
@@ -100,13 +107,14 @@ class RetrainRun:
                                 self.step_in_epoch, cfg.data.num_workers, pin_memory=device.type == "cuda")
         self.model.train()
         total, count = 0.0, 0
-        bar = tqdm(batches, total=self.steps_per_epoch, initial=self.step_in_epoch, dynamic_ncols=True, disable=None,
+        bar = tqdm(batches, total=self.steps_per_epoch, initial=self.step_in_epoch, dynamic_ncols=True,
+                   disable=None if writer is not None else True,
                    desc=f"epoch {self.epoch + 1}/{self.epochs}")
         for inputs, target in bar:
             inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
-                loss = self.loss(self.model(inputs), target)
+                loss = self.loss(self.train_model(inputs), target)
             loss.backward()
             if cfg.optimizer.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.grad_clip)
@@ -117,13 +125,14 @@ class RetrainRun:
             self.step_in_epoch += 1
             total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.4g}")
-            if self.global_step % cfg.train.log_every == 0:
+            if writer is not None and self.global_step % cfg.train.log_every == 0:
                 writer.add_scalar("train/loss_step", loss.item(), self.global_step)
                 writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
             if self._stop():
                 break
         bar.close()
-        result = {"loss": total / max(count, 1), "steps": count}
+        total, count_all = sum_over_processes([total, count])  # every process runs the same number of steps
+        result = {"loss": total / max(count_all, 1), "steps": count}
         if hasattr(self.model, "drop_path_prob"):
             result["drop_path_prob"] = self.model.drop_path_prob
         return result
@@ -133,15 +142,16 @@ class RetrainRun:
         cfg = self.cfg
         if self.segmentation:
             return evaluate_segmentation(self.model, loader, self.device, self.criterion, self.meta["num_classes"],
-                                         cfg.data.max_eval_batches, cfg.train.amp)
-        return evaluate_classification(self.model, loader, self.device, self.criterion, cfg.data.max_eval_batches,
-                                       cfg.train.amp)
+                                         cfg.train.amp)
+        return evaluate_classification(self.model, loader, self.device, self.criterion, cfg.train.amp)
 
     def run(self, val_set: Dataset) -> dict[str, Any]:
         """Train until the configured length or ``max_steps``; returns the last record."""
         cfg = self.cfg
-        loader = DataLoader(val_set, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
-        writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.global_step or None)
+        loader = evaluation_batches(val_set, cfg.data.eval_batch_size, cfg.data.max_eval_batches,
+                                    cfg.data.num_workers)
+        writer = (SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.global_step or None)
+                  if is_main() else None)
         record: dict[str, Any] = self.history[-1] if self.history else {}
         try:
             while not self._stop():
@@ -155,21 +165,27 @@ class RetrainRun:
                     self.step_in_epoch = 0
                 if finished and self.epoch % cfg.train.eval_every and not self._stop():
                     continue
+                broadcast_buffers(self.model)
                 valid = self.evaluate(loader)
                 record = {"epoch": self.epoch, "global_step": self.global_step, "seconds": time.time() - start,
                           "train": train, "valid": valid}
-                self._log(writer, record)
+                if writer is not None:
+                    self._log(writer, record)
                 self.history.append(record)
                 improved = self.best["value"] is None or valid[self.metric] > self.best["value"]
                 if improved:
                     self.best = {"metric": self.metric, "value": valid[self.metric], "epoch": self.epoch,
                                  "global_step": self.global_step}
-                save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
+                state = self.state_dict()  # every process takes part: it gathers their RNG states
+                if not is_main():
+                    continue
+                save_checkpoint(state, self.run_dir / CHECKPOINT_NAME)
                 if improved:
                     shutil.copyfile(self.run_dir / CHECKPOINT_NAME, self.run_dir / f".{BEST_NAME}.tmp")
                     (self.run_dir / f".{BEST_NAME}.tmp").replace(self.run_dir / BEST_NAME)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         return record
 
     def _log(self, writer: SummaryWriter, record: dict[str, Any]) -> None:

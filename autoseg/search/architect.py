@@ -12,7 +12,9 @@ step computes grad_alpha of the validation loss and applies it:
 
 The unrolled model is evaluated with :func:`torch.func.functional_call` on the same module,
 so no copy of the network is built; batch-norm running statistics are left untouched by the
-virtual forward passes.
+virtual forward passes. In a run of several processes every gradient the update is built from
+(the architecture gradient, and for second order the training gradient of the virtual step and
+the vector v) is averaged across processes, so the update is the one of the whole batch.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from autoseg.engine.distributed import average_
 
 Batch = Sequence[torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -55,10 +59,13 @@ class Architect:
             loss, grads = self.unrolled_gradient(train_batch, valid_batch, xi)
         else:
             loss, grads = self.first_order_gradient(valid_batch)
+        average_(grads)
         for p, g in zip(self.arch_params, grads):
             p.grad = g
         self.optimizer.step()
-        return loss.detach()
+        loss = loss.detach()
+        average_([loss])
+        return loss
 
     def _loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         inputs, target = batch
@@ -77,6 +84,7 @@ class Architect:
         """w' = w - xi * (momentum * m + grad_w L_train + wd * w), as the weight optimiser would step."""
         loss = self._loss(train_batch)
         grads = torch.autograd.grad(loss, self.weight_params)
+        average_(grads)
         group = self.w_optimizer.param_groups[0]
         momentum, weight_decay = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
         unrolled = []
@@ -96,6 +104,7 @@ class Architect:
         loss = self._loss(valid_batch, unrolled)
         grads = torch.autograd.grad(loss, self.arch_params + unrolled)
         d_alpha, v = grads[:len(self.arch_params)], grads[len(self.arch_params):]
+        average_(v)
         implicit = self.hessian_vector_product(v, train_batch)
         return loss, [g - xi * h for g, h in zip(d_alpha, implicit)]
 
