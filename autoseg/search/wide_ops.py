@@ -109,7 +109,9 @@ class WideDilConv(nn.Module):
         c, k = self.channels, self.num_edges
         if self.shared_input:
             # groups=C with k filters per group: output channel c * k + i is edge i on channel c
-            weight = self.depthwise.transpose(0, 1).reshape(c * k, 1, *self.depthwise.shape[-2:])
+            # (one edge needs no transpose, whose gradient would carry odd strides into DDP's buckets)
+            by_channel = self.depthwise.transpose(0, 1) if k > 1 else self.depthwise
+            weight = by_channel.reshape(c * k, 1, *self.depthwise.shape[-2:])
             y = F.conv2d(x.relu, weight, stride=self.stride, padding=self.padding,
                          dilation=self.dilation, groups=c)
             y = y.unflatten(1, (c, k)).transpose(1, 2)
