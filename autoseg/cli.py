@@ -10,12 +10,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
-from autoseg.config import override, save_config
+from autoseg.config import load_config, override, save_config
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
 from autoseg.errors import UserError
+
+T = TypeVar("T")
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -63,6 +65,26 @@ def apply_overrides(config: Any, args: argparse.Namespace, flags: dict[str, str]
             override(config, key, value)
             changed.append(key)
     return changed
+
+
+RESUME_FLAGS: tuple[str, ...] = ("max_steps", "device", "workers")
+"""The flags a resumed run may change; the rest of its config is the saved one."""
+
+
+def resumed_config(args: argparse.Namespace, config_class: type[T], flags: dict[str, str]) -> T:
+    """The saved config of the run ``args.resume`` continues, with the :data:`RESUME_FLAGS` given
+    applied; any other flag of ``flags``, ``--config`` or ``--out`` is an error."""
+    check_run_dir(args.resume, resume=True)
+    config = load_config(args.resume / "config.yaml", config_class)
+    fixed = [f"--{dest.replace('_', '-')}" for dest in flags
+             if getattr(args, dest, None) is not None and dest not in RESUME_FLAGS]
+    fixed += [f"--{name}" for name in ("config", "out") if getattr(args, name, None) is not None]
+    if fixed:
+        raise UserError(f"a resumed run keeps its saved config.yaml and writes into RUN_DIR; only --max-steps, "
+                        f"--device and --workers may change (got {' '.join(fixed)})")
+    config.train.max_steps = None  # the stop of the interrupted run; a new one may be given
+    apply_overrides(config, args, {dest: flags[dest] for dest in RESUME_FLAGS})
+    return config
 
 
 def default_config(kind: str, dataset: str | None, fallback: str) -> Path:

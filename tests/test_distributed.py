@@ -75,10 +75,12 @@ def _worker(rank: int, init_file: str, queue) -> None:
 def test_processes_share_each_batch_and_average_the_second_order_update(tmp_path):
     context = mp.get_context("spawn")
     queue = context.Queue()
-    processes = [context.Process(target=_worker, args=(rank, str(tmp_path / "init"), queue)) for rank in range(PROCESSES)]
+    processes = [context.Process(target=_worker, args=(rank, str(tmp_path / "init"), queue))
+                 for rank in range(PROCESSES)]
     for process in processes:
         process.start()
-    results = dict((rank, (gradient, batches)) for rank, gradient, batches in (queue.get(timeout=120) for _ in processes))
+    results = {rank: (gradient, batches)
+               for rank, gradient, batches in (queue.get(timeout=120) for _ in processes)}
     for process in processes:
         process.join(timeout=60)
         assert process.exitcode == 0

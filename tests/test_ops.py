@@ -100,7 +100,8 @@ def reference_edges(cell: MixedCell, channels: int, reduction: bool) -> dict[int
         stride = 2 if reduction and state < 2 else 1
         for slot, block in enumerate(targets):
             edges[num_edges(block) + state] = [
-                (i, edge_op(wide, PRIMITIVES[i], slot, channels, stride)) for i, wide in zip(fan_out.active, fan_out.ops)]
+                (i, edge_op(wide, PRIMITIVES[i], slot, channels, stride))
+                for i, wide in zip(fan_out.active, fan_out.ops)]
     return edges
 
 
@@ -179,7 +180,8 @@ def test_mixed_edges_with_one_hot_weights_is_that_op_on_each_edge():
 def test_an_op_without_a_wide_form_runs_edge_by_edge():
     @register_op("test_conv_3x3_no_wide_form")
     def _conv(channels, stride, affine):
-        return nn.Sequential(nn.Conv2d(channels, channels, 3, stride, 1, bias=False), nn.BatchNorm2d(channels, affine=affine))
+        return nn.Sequential(nn.Conv2d(channels, channels, 3, stride, 1, bias=False),
+                             nn.BatchNorm2d(channels, affine=affine))
 
     torch.manual_seed(0)
     primitives = ["none", "test_conv_3x3_no_wide_form", "skip_connect"]

@@ -23,20 +23,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,  # noqa: E402
-                         create_run_dir, default_config, run_tool)
+                         create_run_dir, default_config, resumed_config, run_tool)
 from autoseg.config import RetrainConfig, load_config  # noqa: E402
 from autoseg.data import dataset_num_classes  # noqa: E402
 from autoseg.engine import distributed  # noqa: E402
-from autoseg.engine.checkpoint import check_run_dir, load_checkpoint, seed_everything  # noqa: E402
+from autoseg.engine.checkpoint import load_checkpoint, seed_everything  # noqa: E402
 from autoseg.engine.datasets import build_split  # noqa: E402
 from autoseg.engine.retrain_loop import RetrainRun  # noqa: E402
-from autoseg.errors import UserError  # noqa: E402
 from autoseg.models import count_parameters  # noqa: E402
 from autoseg.models.spec import build_model, model_spec  # noqa: E402
 
 RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
                  "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr"}
-RESUME_FLAGS = {"max_steps", "device", "workers"}
 DEFAULT_CONFIGS = {"cityscapes": "cityscapes_autodeeplab", "folder": "cityscapes_autodeeplab",
                    "cifar10": "cifar10_darts", "synthetic": "synthetic"}
 
@@ -56,16 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> RetrainConfig:
     """The saved config when resuming, else the YAML file plus the flags."""
     if args.resume is not None:
-        check_run_dir(args.resume, resume=True)
-        cfg = load_config(args.resume / "config.yaml", RetrainConfig)
-        fixed = [f"--{d.replace('_', '-')}" for d in RETRAIN_FLAGS
-                 if getattr(args, d, None) is not None and d not in RESUME_FLAGS]
-        if fixed or args.config or args.out:
-            raise UserError("a resumed run keeps its saved config.yaml; only --max-steps, --device and --workers "
-                            "may change")
-        cfg.train.max_steps = None
-        apply_overrides(cfg, args, {k: RETRAIN_FLAGS[k] for k in RESUME_FLAGS})
-        return cfg
+        return resumed_config(args, RetrainConfig, RETRAIN_FLAGS)
     cfg = load_config(args.config or default_config("retrain", DEFAULT_CONFIGS.get(args.dataset), "synthetic"),
                       RetrainConfig)
     apply_overrides(cfg, args, RETRAIN_FLAGS)

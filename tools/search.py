@@ -17,18 +17,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,  # noqa: E402
-                         create_run_dir, default_config, run_tool)
+                         create_run_dir, default_config, resumed_config, run_tool)
 from autoseg.config import SearchConfig, load_config  # noqa: E402
 from autoseg.engine import distributed  # noqa: E402
-from autoseg.engine.checkpoint import check_run_dir, load_checkpoint, seed_everything  # noqa: E402
+from autoseg.engine.checkpoint import load_checkpoint, seed_everything  # noqa: E402
 from autoseg.engine.search_loop import SearchRun  # noqa: E402
 from autoseg.engine.search_tasks import build_search_data, build_search_task  # noqa: E402
 from autoseg.errors import UserError  # noqa: E402
 from autoseg.search.arch_decoding import format_architecture  # noqa: E402
 
-SEARCH_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "unrolled": "train.unrolled", "warmup_epochs": "train.warmup_epochs",
-                "filter_multiplier": "model.filter_multiplier", "layers": "model.layers"}
-RESUME_FLAGS = {"max_steps", "device", "workers"}
+SEARCH_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "unrolled": "train.unrolled",
+                "warmup_epochs": "train.warmup_epochs", "filter_multiplier": "model.filter_multiplier",
+                "layers": "model.layers"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,18 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> SearchConfig:
     """The experiment: the saved config when resuming, else the YAML file plus the flags."""
     if args.resume is not None:
-        check_run_dir(args.resume, resume=True)
-        cfg = load_config(args.resume / "config.yaml", SearchConfig)
-        fixed = [f"--{dest.replace('_', '-')}" for dest in SEARCH_FLAGS
-                 if getattr(args, dest, None) is not None and dest not in RESUME_FLAGS]
-        if args.out is not None:
-            fixed.append("--out")
-        if fixed or args.config:
-            raise UserError(f"a resumed run keeps its saved config.yaml; only --max-steps, --device and --workers "
-                            f"may change (got {' '.join(fixed) or '--config'}); it writes into RUN_DIR")
-        cfg.train.max_steps = None  # the stop of the interrupted run; a new one may be given
-        apply_overrides(cfg, args, {k: SEARCH_FLAGS[k] for k in RESUME_FLAGS})
-        return cfg
+        return resumed_config(args, SearchConfig, SEARCH_FLAGS)
     cfg = load_config(args.config or default_config("search", args.dataset, "synthetic"), SearchConfig)
     for dest in ("filter_multiplier",):
         if getattr(args, dest) is not None and cfg.mode != "hierarchical":

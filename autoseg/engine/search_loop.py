@@ -65,7 +65,8 @@ class SearchRun:
         return {"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
                 "a_optimizer": self.a_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "history": self.history, "rng": process_rng_states(), "config": to_dict(self.cfg), "mode": self.cfg.mode,
+                "history": self.history, "rng": process_rng_states(), "config": to_dict(self.cfg),
+                "mode": self.cfg.mode,
                 "arch": self.task.decode()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -194,12 +195,12 @@ class SearchRun:
                     writer.add_scalar(f"{split}/{key}", value, step)
         for tag, image in self.task.images().items():
             writer.add_image(tag, image, step, dataformats="HWC")
-        arch = record["arch"]
-        writer.add_text("arch", json.dumps({k: arch[k] for k in arch if k in ("normal", "reduce", "path", "cell")}), step)
+        arch = json.dumps({k: v for k, v in record["arch"].items() if k in ("normal", "reduce", "path", "cell")})
+        writer.add_text("arch", arch, step)
         train, valid = record["train"] or {}, record["valid"]
         metric = self.task.metric
         tqdm.write(f"epoch {record['epoch']} step {step}: train loss {train.get('loss', float('nan')):.4f} "
                    f"{metric} {train.get(metric, float('nan')):.2f} | valid loss {valid['loss']:.4f} "
                    f"{metric} {valid[metric]:.2f} | {record['seconds']:.1f}s")
-        tqdm.write("architecture: " + json.dumps({k: arch[k] for k in arch if k in ("normal", "reduce", "path", "cell")}))
+        tqdm.write("architecture: " + arch)
 

@@ -152,7 +152,8 @@ class WideFactorizedReduce(nn.Module):
         halves = []
         for grid, weight in zip(grids, (self.conv_1, self.conv_2)):
             n, _, h, w = grid.shape  # one matmul for all edges: (k * C/2, C) @ (N, C, H*W)
-            halves.append(torch.matmul(weight.flatten(0, 1), grid.reshape(n, -1, h * w)).view(n, *weight.shape[:2], h, w))
+            out = torch.matmul(weight.flatten(0, 1), grid.reshape(n, -1, h * w))
+            halves.append(out.view(n, *weight.shape[:2], h, w))
         return self.bn(torch.cat(halves, dim=2))
 
 
