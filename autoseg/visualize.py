@@ -166,7 +166,7 @@ def trellis_figure(
     axes.set_ylim(num_levels - 0.5, -0.5)  # finest level on top
     axes.set_xlabel("layer")
     axes.set_ylabel("output stride")
-    axes.set_title(title)
+    axes.set_title(title, loc="left")  # the legend sits on the right, above the plot
     for side in ("top", "right"):
         axes.spines[side].set_visible(False)
     figure.tight_layout()

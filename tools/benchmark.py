@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
         peak = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "memory": "peak_rss"}
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if not args.steps + args.warmup:  # no step ran: there is no step's peak to report
+        peak["peak_memory_mb"] = None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
         saved = saved_activation_bytes(lambda: criterion(model(inputs).float(), target))
     result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp,
