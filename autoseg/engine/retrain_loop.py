@@ -108,7 +108,7 @@ class RetrainRun:
         self.model.train()
         total, count = 0.0, 0
         bar = tqdm(batches, total=self.steps_per_epoch, initial=self.step_in_epoch, dynamic_ncols=True,
-                   disable=None if writer is not None else True,
+                   disable=None if is_main() else True,
                    desc=f"epoch {self.epoch + 1}/{self.epochs}")
         for inputs, target in bar:
             inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)

@@ -111,7 +111,7 @@ class SearchRun:
         meter = ConfusionMeter(self.task.num_classes) if self.task.metric == "miou" else None
         correct = 0
         bar = tqdm(batches, total=steps, initial=self.step_in_epoch, dynamic_ncols=True,
-                   disable=None if writer is not None else True,
+                   disable=None if is_main() else True,
                    desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}" + ("" if search_arch else " (warm-up)"))
         for _, (inputs, target), arch_batch in bar:
             inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
