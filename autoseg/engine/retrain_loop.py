@@ -73,7 +73,8 @@ class RetrainRun:
         return {**self.meta, "kind": "retrain", "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "history": self.history, "best": self.best, "rng": process_rng_states(), "config": to_dict(self.cfg)}
+                "history": self.history, "best": self.best, "rng": process_rng_states(),
+                "config": to_dict(self.cfg)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`."""
@@ -83,6 +84,16 @@ class RetrainRun:
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.history, self.best = state["history"], state["best"]
         restore_process_rng_state(state["rng"])
+
+    def save(self, best: bool) -> None:
+        """Write the checkpoint atomically, and copy it to ``best.pt`` when ``best`` (the main process)."""
+        state = self.state_dict()  # every process takes part: it gathers their RNG states
+        if not is_main():
+            return
+        save_checkpoint(state, self.run_dir / CHECKPOINT_NAME)
+        if best:
+            shutil.copyfile(self.run_dir / CHECKPOINT_NAME, self.run_dir / f".{BEST_NAME}.tmp")
+            (self.run_dir / f".{BEST_NAME}.tmp").replace(self.run_dir / BEST_NAME)
 
     # -- loop ----------------------------------------------------------------------------
     def loss(self, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
@@ -176,13 +187,7 @@ class RetrainRun:
                 if improved:
                     self.best = {"metric": self.metric, "value": valid[self.metric], "epoch": self.epoch,
                                  "global_step": self.global_step}
-                state = self.state_dict()  # every process takes part: it gathers their RNG states
-                if not is_main():
-                    continue
-                save_checkpoint(state, self.run_dir / CHECKPOINT_NAME)
-                if improved:
-                    shutil.copyfile(self.run_dir / CHECKPOINT_NAME, self.run_dir / f".{BEST_NAME}.tmp")
-                    (self.run_dir / f".{BEST_NAME}.tmp").replace(self.run_dir / BEST_NAME)
+                self.save(best=improved)
         finally:
             if writer is not None:
                 writer.close()

@@ -50,7 +50,8 @@ class SearchTask:
                     for name, w in weights.items()}
         arch = self.model.decode()
         return {"alpha/cell": alpha_heatmap(weights["cell"], primitives, title="softmax(alpha)"),
-                "beta/trellis": trellis_figure(weights["transitions"], arch["path"], title="transitions and Viterbi path"),
+                "beta/trellis": trellis_figure(weights["transitions"], arch["path"],
+                                               title="transitions and Viterbi path"),
                 "cell/decoded": cell_figure(arch["cell"]["blocks"], title="decoded cell")}
 
     def summary(self) -> dict[str, Any]:

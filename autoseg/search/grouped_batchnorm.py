@@ -98,7 +98,7 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         groups, frozen = _GROUPS.get(), _FROZEN.get()
         batch_statistics = self.training or not self.track_running_stats
-        if groups == 1 and (not batch_statistics or self.affine and not frozen):
+        if groups == 1 and (not batch_statistics or (self.affine and not frozen)):
             return super().forward(x)
         n, c, h, w = x.shape
         grouped = x.reshape(n // groups, groups * c, h, w)

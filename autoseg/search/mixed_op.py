@@ -70,16 +70,17 @@ class MixedCell(nn.Module):
             MixedEdges(channels, len(blocks), 2 if reduction and state < 2 else 1, primitives)
             for state, blocks in enumerate(self.targets)
         )
-        rows = [[num_edges(block) + state for block in blocks] for state, blocks in enumerate(self.targets)]
-        assert sorted(r for row in rows for r in row) == list(range(num_edges(num_blocks)))
-        for state, row in enumerate(rows):
-            self.register_buffer(f"rows_{state}", torch.tensor(row), persistent=False)
+        # the alpha rows of the fan-outs' edges, fan-out after fan-out
+        rows = [num_edges(block) + state for state, blocks in enumerate(self.targets) for block in blocks]
+        assert sorted(rows) == list(range(num_edges(num_blocks)))
+        self.register_buffer("rows", torch.tensor(rows), persistent=False)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [s0, s1]
         blocks: list[torch.Tensor | None] = [None] * self.num_blocks
-        for state, (fan_out, targets) in enumerate(zip(self.fan_outs, self.targets)):
-            out = fan_out(states[state], weights[getattr(self, f"rows_{state}")])
+        fan_out_weights = weights[self.rows].split([len(targets) for targets in self.targets])
+        for state, (fan_out, targets, rows) in enumerate(zip(self.fan_outs, self.targets, fan_out_weights)):
+            out = fan_out(states[state], rows)
             for slot, block in enumerate(targets):
                 blocks[block] = out[:, slot] if blocks[block] is None else blocks[block] + out[:, slot]
             if state >= 1:
