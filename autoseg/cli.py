@@ -1,12 +1,14 @@
-"""Command-line conventions shared by every tool in ``tools/``.
+"""The ``autoseg`` command and the command-line conventions every tool shares.
 
-Every tool takes ``--config FILE`` and the common knobs as flags overriding the file. Bad
-input (:class:`~autoseg.errors.UserError`) ends the tool with a one-line ``error: ...`` on
-stderr and exit status 2.
+``autoseg <tool> [args]`` runs :mod:`autoseg.tools.<tool>` (``python tools/<tool>.py`` in a
+checkout is the same). Every training tool takes ``--config FILE`` and the common knobs as
+flags overriding the file. Bad input (:class:`~autoseg.errors.UserError`) ends the tool with a
+one-line ``error: ...`` on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ from autoseg.errors import UserError
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The experiment configs shipped with the package (``configs/`` in a checkout)."""
 
 COMMON_FLAGS: dict[str, str] = {
     "dataset": "data.dataset",
@@ -124,3 +127,30 @@ def run_tool(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
         sys.exit(130)
     finally:
         distributed.teardown()
+
+
+TOOLS: dict[str, str] = {
+    "search": "architecture search (DARTS cells or the hierarchical Auto-DeepLab search)",
+    "decode": "decode a search checkpoint into arch.json / genotype.json",
+    "retrain": "train a found, published or baseline architecture from scratch",
+    "evaluate": "evaluate a retrained model on a dataset split",
+    "predict": "segment images with a retrained model",
+    "export": "export a retrained model to ONNX and check it with onnxruntime",
+    "benchmark": "time and measure the search supernets",
+}
+"""The tools ``autoseg`` runs, each a module of :mod:`autoseg.tools` with a ``main(argv)``."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``autoseg`` command: ``autoseg <tool> [args]``; ``autoseg --help`` lists the tools."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(map(len, TOOLS))
+        print("usage: autoseg <tool> [args]   (autoseg <tool> --help for a tool's options)\n\ntools:")
+        print("\n".join(f"  {name:<{width}}  {what}" for name, what in TOOLS.items()))
+        sys.exit(0 if argv else 2)
+    if argv[0] not in TOOLS:
+        print(f"error: unknown tool {argv[0]!r}; choose one of {', '.join(TOOLS)}", file=sys.stderr)
+        sys.exit(2)
+    tool = importlib.import_module(f"autoseg.tools.{argv[0]}")
+    run_tool(tool.main, argv[1:])

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from autoseg.errors import UserError
+from autoseg.files import write_json
 
 Edge = tuple[str, int]
 
@@ -97,6 +98,14 @@ class CellGenotype:
         """The op names this cell uses."""
         return {op for block in self.blocks for op, _ in block}
 
+    def describe(self, name: str) -> list[str]:
+        """Human-readable lines: the output, then each block's inputs (``name`` titles them)."""
+        lines = [f"{name} (output = concat of states {list(self.concat)}):"]
+        for i, block in enumerate(self.blocks):
+            inputs = " + ".join(f"{op}(state {state})" for op, state in block)
+            lines.append(f"  block {i + 1} (state {i + 2}) = {inputs}")
+        return lines
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form: ``{"blocks": [[[op, state], ...], ...], "concat": [...]}``."""
         return {"blocks": [[list(edge) for edge in block] for block in self.blocks], "concat": list(self.concat)}
@@ -114,6 +123,9 @@ class Genotype:
     normal: CellGenotype
     reduce: CellGenotype
 
+    FILE_NAME = "genotype.json"
+    """Name of the file a DARTS search writes."""
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form with keys ``normal`` and ``reduce``."""
         return {"normal": self.normal.to_dict(), "reduce": self.reduce.to_dict()}
@@ -124,8 +136,12 @@ class Genotype:
         return cls(CellGenotype.from_dict(data["normal"]), CellGenotype.from_dict(data["reduce"]))
 
     def to_json(self, path: str | Path) -> None:
-        """Write the genotype as JSON to ``path``."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the genotype as JSON to ``path`` (atomically)."""
+        write_json(self.to_dict(), path)
+
+    def describe(self) -> str:
+        """Human-readable lines describing both cells."""
+        return "\n".join(self.normal.describe("normal cell") + self.reduce.describe("reduction cell"))
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Genotype":

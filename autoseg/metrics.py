@@ -7,7 +7,8 @@ The confusion matrix has one row per target class and one column per predicted c
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from autoseg.process import sum_tensor_
 
 
 def confusion_matrix(
@@ -138,16 +139,8 @@ class ConfusionMeter:
         self.matrix = self.matrix + other_matrix.to(self.matrix.device, torch.long)
 
     def all_reduce(self) -> None:
-        """Sum the matrix over all processes (no-op unless torch.distributed is initialised)."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        else:
-            device = torch.device("cpu")
-        total = self.matrix.to(device)
-        dist.all_reduce(total)
-        self.matrix = total.to(self.matrix.device)
+        """Sum the matrix over all processes (no-op in a single process)."""
+        sum_tensor_(self.matrix)
 
     def compute(self) -> dict[str, float | list[float]]:
         """Metrics of the counts so far: ``miou``, ``pixel_acc`` and ``iou_per_class`` (a list)."""
@@ -156,3 +149,24 @@ class ConfusionMeter:
             "pixel_acc": pixel_accuracy(self.matrix),
             "iou_per_class": iou_per_class(self.matrix).tolist(),
         }
+
+
+class AccuracyMeter:
+    """Counts correct top-1 predictions over batches (and over processes)."""
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(2, dtype=torch.long)  # correct, total
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Count one batch of logits ``(N, C)`` against labels ``(N,)``."""
+        batch = torch.stack([(logits.argmax(dim=1) == target).sum(), torch.tensor(target.numel())]).cpu()
+        self.counts += batch
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all processes (no-op in a single process)."""
+        sum_tensor_(self.counts)
+
+    def compute(self) -> dict[str, float]:
+        """``acc``: the fraction of samples predicted correctly (NaN before any sample)."""
+        correct, total = self.counts.tolist()
+        return {"acc": correct / total if total else float("nan")}

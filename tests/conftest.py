@@ -1,7 +1,7 @@
 """Shared fixtures: the tools' ``main`` functions, loaded in-process, and tiny experiment configs."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -14,11 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `fakes`
 
 
 def load_tool(name: str) -> Any:
-    """Import ``tools/<name>.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(f"autoseg_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module of tool ``name`` (``autoseg.tools.<name>``, what ``autoseg <name>`` runs)."""
+    return importlib.import_module(f"autoseg.tools.{name}")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from autoseg.config import DataConfig, RetrainConfig, from_dict, to_dict
+from autoseg.engine.trained import TrainedModelMeta
 from autoseg.models.spec import build_model, model_spec
 
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -161,12 +162,8 @@ def write_retrain_checkpoint(
     config = RetrainConfig(data=from_dict(DataConfig, config_data, "config_data"))
     state = {
         "kind": "retrain",
-        "task": task,
-        "dataset": dataset,
-        "num_classes": num_classes,
-        "class_names": list(class_names),
-        "palette": [list(colour) for colour in palette],
-        "model_spec": spec,
+        "meta": TrainedModelMeta(task, dataset, num_classes, spec, list(class_names),
+                                 [list(colour) for colour in palette]).to_dict(),
         "model": model.state_dict(),
         "config": to_dict(config),
         "epoch": 1,

@@ -11,9 +11,9 @@ from conftest import ROOT, TINY_TRELLIS, write_config
 from torch import nn
 from torch.nn import functional as F
 
-from autoseg.engine import distributed
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.epoch_data import epoch_batches, epoch_order
+from autoseg.process import average_
 from autoseg.search.architect import Architect
 
 PROCESSES = 2
@@ -65,7 +65,7 @@ def _worker(rank: int, init_file: str, queue) -> None:
         model, w_opt, a_opt, (train, valid) = _problem()
         architect = Architect(model, F.cross_entropy, a_opt, w_opt, unrolled=True)
         _, gradient = architect.unrolled_gradient(_shard(train, rank), _shard(valid, rank), xi=0.1)
-        distributed.average_(gradient)  # what Architect.step does before applying it
+        average_(gradient)  # what Architect.step does before applying it
         loader = epoch_batches(list(range(10)), BATCH, seed=7, skip_batches=0)
         queue.put((rank, [g.tolist() for g in gradient], [batch.tolist() for batch in loader]))
     finally:

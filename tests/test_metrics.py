@@ -161,13 +161,12 @@ class _SizeRecorder(torch.nn.Module):
 
 @pytest.mark.parametrize("scale,seen", [(1.0, (8, 10)), (0.5, (4, 5))])
 def test_evaluation_at_an_input_scale_scores_the_full_size_masks(scale, seen):
-    from autoseg.engine.evaluation import evaluate_segmentation
+    from autoseg.engine.task import Task
     masks = torch.ones(2, 8, 10, dtype=torch.long)
     masks[:, :, 5:] = 2  # half class 1 (predicted), half class 2 (never predicted), class 0 absent
     loader = [(torch.randn(2, 3, 8, 10), masks)]
     model = _SizeRecorder()
-    result = evaluate_segmentation(model, loader, torch.device("cpu"), torch.nn.CrossEntropyLoss(), 3,
-                                   input_scale=scale)
+    result = Task("segmentation", 3).evaluate(model, loader, torch.device("cpu"), input_scale=scale)
     assert model.sizes == [seen]
     assert result["pixel_acc"] == pytest.approx(50.0)
     assert result["miou"] == pytest.approx(25.0)  # IoU 50 % (class 1) and 0 % (class 2)

@@ -68,9 +68,9 @@ def test_retrain_from_a_fresh_search_lowers_the_loss_and_keeps_the_best(tool, ti
     assert len(losses) == 3 and losses[-1] < losses[0]
     best = max(state["history"], key=lambda h: h["valid"]["miou"])
     assert state["best"]["value"] == best["valid"]["miou"] and state["best"]["epoch"] == best["epoch"]
-    model, meta = load_trained_model(run)
-    assert meta["epoch"] == best["epoch"] and meta["task"] == "segmentation" and len(meta["palette"]) == 6
-    assert meta["model_spec"]["kwargs"]["arch"]["path"] == json.loads(arch.read_text())["path"]
+    model, meta, best_state = load_trained_model(run)
+    assert best_state["epoch"] == best["epoch"] and meta.task == "segmentation" and len(meta.palette) == 6
+    assert meta.model_spec["kwargs"]["arch"]["path"] == json.loads(arch.read_text())["path"]
     assert not model.training
 
 
@@ -96,8 +96,8 @@ def test_darts_cifar_retrain_with_auxiliary_head_and_drop_path(tool, tmp_path):
                           model={"init_channels": 4, "layers": 3}, train={"epochs": 2})
     record = tool("retrain")(["--config", str(config), "--out", str(tmp_path / "run")])
     assert 0.0 <= record["valid"]["acc"] <= 100.0
-    model, meta = load_trained_model(tmp_path / "run")
-    assert meta["task"] == "classification" and model.auxiliary
+    model, meta, _ = load_trained_model(tmp_path / "run")
+    assert meta.task == "classification" and model.auxiliary
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert [h["train"]["drop_path_prob"] for h in state["history"]] == [0.0, pytest.approx(0.1)]  # 0.2 * e / E
 

@@ -109,10 +109,10 @@ def test_decode_is_the_viterbi_path_of_the_beta_transitions():
     with torch.no_grad():
         net.betas.normal_()
     arch = net.decode()
-    assert arch["path"] == viterbi_path(net.transition_probabilities().detach().numpy())
-    assert arch["layers"] == 5 and arch["levels"] == 3 and arch["blocks"] == 2 and arch["filter_multiplier"] == 2
-    assert len(arch["step_probabilities"]) == 5 and all(0 < p <= 1 for p in arch["step_probabilities"])
-    assert [len(block) for block in arch["cell"]["blocks"]] == [2, 2]
+    assert list(arch.path) == viterbi_path(net.transition_probabilities().detach().numpy())
+    assert arch.layers == 5 and arch.levels == 3 and arch.blocks == 2 and arch.filter_multiplier == 2
+    assert len(arch.step_probabilities) == 5 and all(0 < p <= 1 for p in arch.step_probabilities)
+    assert [len(block) for block in arch.cell.blocks] == [2, 2]
 
 
 def test_bad_sizes_are_rejected():

@@ -3,6 +3,9 @@
 Built-in datasets: ``synthetic`` (generated street scenes, the default; no files needed),
 ``cityscapes``, ``folder`` (your own images and masks) and ``cifar10`` (DARTS cell search).
 
+Every dataset class declares its ``task`` (``"segmentation"`` or ``"classification"``) and
+``eval_split`` (the split results are reported on), so that nothing guesses them from names.
+
 A segmentation dataset returns ``(image, mask)``: a float32 ``3xHxW`` tensor normalised
 with the ImageNet mean and std, and an int64 ``HxW`` tensor of train ids where 255 means
 ignore. It also carries ``num_classes``, ``class_names``, ``ignore_index`` and a
@@ -30,7 +33,9 @@ from autoseg.errors import UserError
 __all__ = [
     "SegmentationDataset",
     "build_dataset",
+    "dataset_eval_split",
     "dataset_num_classes",
+    "dataset_task",
     "list_datasets",
     "register_dataset",
     "sample_seed",
@@ -69,6 +74,17 @@ def _dataset_class(name: str) -> type:
     if name not in _REGISTRY:
         raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(list_datasets())}")
     return _REGISTRY[name]
+
+
+def dataset_task(name: str) -> str:
+    """What dataset ``name`` is for: ``"segmentation"`` or ``"classification"`` (its class
+    attribute ``task``)."""
+    return _dataset_class(name).task
+
+
+def dataset_eval_split(name: str) -> str:
+    """The split dataset ``name`` reports results on (``val``, or ``test`` for CIFAR-10)."""
+    return _dataset_class(name).eval_split
 
 
 def dataset_num_classes(name: str, num_classes: int | None = None) -> int:
@@ -155,6 +171,8 @@ class SegmentationDataset(Dataset, abc.ABC):
     ``__len__`` and ``load``.
     """
 
+    task = "segmentation"
+    eval_split = "val"
     ignore_index: int = IGNORE_INDEX
     num_classes: int
     class_names: list[str]

@@ -71,6 +71,8 @@ class CIFAR10Dataset(datasets.CIFAR10):
     the same pickle format). Missing files raise ``UserError`` with download instructions.
     """
 
+    task = "classification"
+    eval_split = "test"
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
 

@@ -1,10 +1,7 @@
 """Run directories, atomic checkpoints and RNG state, so that a killed run resumes."""
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,34 +9,14 @@ import numpy as np
 import torch
 
 from autoseg.errors import UserError
+from autoseg.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place,
-    so that ``path`` is always either the old or the new complete file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` the state atomically."""
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def write_json(data: Any, path: str | Path) -> None:
-    """Write pretty JSON atomically."""
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

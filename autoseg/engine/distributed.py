@@ -7,7 +7,7 @@ no-op and a tool runs as one process.
 
 ``data.batch_size`` stays the batch of one optimiser step: each process takes its
 ``batch_size / N`` samples of every batch (:func:`shard_batch_size`) and gradients are averaged
-across processes (DistributedDataParallel for the weights, :func:`average_` for the
+across processes (DistributedDataParallel for the weights, :func:`autoseg.process.average_` for the
 architecture gradients), so N processes make the updates of one, except for batch norm: each
 process normalises over its own share of the batch. Retraining on GPUs synchronises the
 statistics (``train.sync_batchnorm``); the search supernet's grouped batch norms stay per
@@ -16,7 +16,7 @@ process. Rank 0 writes the run directory, the logs and the checkpoints.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,28 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from autoseg.engine.checkpoint import resolve_device, rng_state, set_rng_state
 from autoseg.errors import UserError
+from autoseg.process import gather_objects, is_distributed, is_main, rank, world_size
 
 T = TypeVar("T")
-
-
-def is_distributed() -> bool:
-    """Whether this process is one of several (a process group is initialised)."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    """This process's rank (0 without torchrun)."""
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    """Number of processes (1 without torchrun)."""
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def is_main() -> bool:
-    """Whether this process writes files and logs (rank 0)."""
-    return rank() == 0
 
 
 def setup(device_name: str) -> torch.device:
@@ -84,20 +65,6 @@ def shard_batch_size(batch_size: int) -> int:
     return batch_size // processes
 
 
-def _device_of_backend() -> torch.device:
-    """Where collectives of this process group take their tensors (NCCL: the current GPU)."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def average_(tensors: Sequence[torch.Tensor]) -> None:
-    """Replace each tensor by its mean over all processes (in place; no-op in one process)."""
-    if not is_distributed():
-        return
-    for tensor in tensors:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor.div_(world_size())
-
-
 def broadcast_buffers(module: nn.Module) -> None:
     """Give every process rank 0's buffers of ``module`` (no-op in one process).
 
@@ -108,24 +75,6 @@ def broadcast_buffers(module: nn.Module) -> None:
     if is_distributed():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
-
-
-def sum_over_processes(values: Sequence[float]) -> list[float]:
-    """The element-wise sum of ``values`` over all processes (the values themselves in one process)."""
-    if not is_distributed():
-        return list(values)
-    total = torch.tensor(values, dtype=torch.float64, device=_device_of_backend())
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.tolist()
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """Every process's ``obj``, in rank order (``[obj]`` in one process)."""
-    if not is_distributed():
-        return [obj]
-    gathered: list[Any] = [None] * world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def on_main(fn: Callable[[], T]) -> T:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-from autoseg.engine.distributed import rank, shard_batch_size, world_size
+from autoseg.engine.distributed import shard_batch_size
+from autoseg.process import rank, world_size
 from autoseg.errors import UserError
 
 

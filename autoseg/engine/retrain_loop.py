@@ -3,48 +3,48 @@
 Segmentation follows the Auto-DeepLab protocol (SGD, poly learning rate stepped every
 iteration, cross-entropy with ignore index 255, mIoU on the validation split); CIFAR-10 the
 DARTS protocol (SGD, cosine per epoch, auxiliary head, drop-path increased linearly,
-gradient clipping, top-1 on the test split). Every evaluation writes an atomic checkpoint, and
-``best.pt`` when the metric improved; ``max_steps`` stops early and ``resume`` continues.
+gradient clipping, top-1 on the test split). Every evaluation writes an atomic checkpoint (through
+:class:`~autoseg.engine.run.TrainingRun`), and ``best.pt`` when the metric improved;
+``max_steps`` stops early and ``resume`` continues.
 """
 from __future__ import annotations
 
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
-from autoseg.config import RetrainConfig, to_dict
-from autoseg.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from autoseg.engine.distributed import (broadcast_buffers, data_parallel, is_distributed, is_main,
-                                        process_rng_states, restore_process_rng_state, sum_over_processes)
-from autoseg.engine.epoch_data import check_segmentation_batch_size, epoch_batches, evaluation_batches, set_epoch
-from autoseg.engine.evaluation import evaluate_classification, evaluate_segmentation
+from autoseg.config import RetrainConfig
+from autoseg.engine.checkpoint import CHECKPOINT_NAME
+from autoseg.engine.distributed import data_parallel
+from autoseg.engine.epoch_data import check_segmentation_batch_size
+from autoseg.engine.run import TrainingRun
+from autoseg.engine.task import Task
+from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
 from autoseg.errors import UserError
+from autoseg.process import is_distributed, sum_over_processes
 
-BEST_NAME = "best.pt"
 
-
-class RetrainRun:
+class RetrainRun(TrainingRun):
     """One retraining run: model, optimiser, schedule, and the run directory it writes."""
 
-    def __init__(self, cfg: RetrainConfig, model: nn.Module, meta: dict[str, Any], train_set: Dataset,
-                 run_dir: Path, device: torch.device):
-        self.cfg, self.meta, self.train_set, self.run_dir, self.device = cfg, meta, train_set, run_dir, device
+    kind = "retrain"
+
+    def __init__(self, cfg: RetrainConfig, model: nn.Module, meta: TrainedModelMeta, task: Task, train_set: Dataset,
+                 val_set: Dataset, run_dir: Path, device: torch.device):
+        super().__init__(cfg, task, val_set, run_dir, device)
+        self.meta, self.train_set = meta, train_set
         if cfg.train.sync_batchnorm and is_distributed() and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the whole batch
         self.model = model.to(device)
         self.train_model = data_parallel(self.model, device)  # the training forward (gradients averaged)
-        self.segmentation = meta["task"] == "segmentation"
-        if self.segmentation:
+        if task.segmentation:
             check_segmentation_batch_size(cfg.data.batch_size)
-        self.metric = "miou" if self.segmentation else "acc"
         o, t = cfg.optimizer, cfg.train
         self.steps_per_epoch = len(train_set) // cfg.data.batch_size
         if self.steps_per_epoch == 0:
@@ -62,65 +62,42 @@ class RetrainRun:
                                                                         eta_min=o.lr_min)
         else:
             raise UserError(f"optimizer.schedule must be poly or cosine, got {o.schedule!r}")
-        self.criterion = nn.CrossEntropyLoss(ignore_index=255) if self.segmentation else nn.CrossEntropyLoss()
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"metric": self.metric, "value": None, "epoch": None}
+        self.criterion = task.criterion()
+        self.best: dict[str, Any] = {"metric": task.metric, "value": None, "epoch": None}
+        self.improved = False
 
-    # -- state ---------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The checkpoint: what resumes the run, and what rebuilds and describes the model."""
-        return {**self.meta, "kind": "retrain", "model": self.model.state_dict(),
+    def training_state(self) -> dict[str, Any]:
+        """The model and what rebuilds and describes it, the optimiser, the schedule, the best result."""
+        return {"meta": self.meta.to_dict(), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "history": self.history, "best": self.best, "rng": process_rng_states(),
-                "config": to_dict(self.cfg)}
+                "best": self.best}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`."""
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`training_state`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        self.history, self.best = state["history"], state["best"]
-        restore_process_rng_state(state["rng"])
+        self.best = state["best"]
 
-    def save(self, best: bool) -> None:
-        """Write the checkpoint atomically, and copy it to ``best.pt`` when ``best`` (the main process)."""
-        state = self.state_dict()  # every process takes part: it gathers their RNG states
-        if not is_main():
-            return
-        save_checkpoint(state, self.run_dir / CHECKPOINT_NAME)
-        if best:
-            shutil.copyfile(self.run_dir / CHECKPOINT_NAME, self.run_dir / f".{BEST_NAME}.tmp")
-            (self.run_dir / f".{BEST_NAME}.tmp").replace(self.run_dir / BEST_NAME)
+    def stopped(self) -> bool:
+        """Over when the configured iterations (or epochs) or ``max_steps`` are done."""
+        return self.global_step >= self.total_steps or super().stopped()
 
-    # -- loop ----------------------------------------------------------------------------
     def loss(self, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy, plus the weighted auxiliary-head loss when the model returns one."""
+        """The criterion, plus the weighted auxiliary-head loss when the model returns one."""
         if isinstance(output, (tuple, list)):
             main, auxiliary = output
             return (self.criterion(main.float(), target)
                     + self.cfg.model.auxiliary_weight * self.criterion(auxiliary.float(), target))
         return self.criterion(output.float(), target)
 
-    def _stop(self) -> bool:
-        limit = self.cfg.train.max_steps
-        return self.global_step >= self.total_steps or (limit is not None and self.global_step >= limit)
-
-    def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, float]:
+    def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, Any]:
         """Run (the rest of) the current epoch, or until a step limit."""
         cfg, device = self.cfg, self.device
-        set_epoch(self.train_set, self.epoch)
         if hasattr(self.model, "drop_path_prob"):
             self.model.drop_path_prob = cfg.model.drop_path_prob * self.epoch / self.epochs
-        batches = epoch_batches(self.train_set, cfg.data.batch_size, cfg.train.seed * 100_003 + self.epoch,
-                                self.step_in_epoch, cfg.data.num_workers, pin_memory=device.type == "cuda")
-        self.model.train()
         total, count = 0.0, 0
-        bar = tqdm(batches, total=self.steps_per_epoch, initial=self.step_in_epoch, dynamic_ncols=True,
-                   disable=None if is_main() else True,
-                   desc=f"epoch {self.epoch + 1}/{self.epochs}")
+        bar = self.progress(self.epoch_loader(self.train_set))
         for inputs, target in bar:
             inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
@@ -134,12 +111,14 @@ class RetrainRun:
                 self.scheduler.step()
             self.global_step += 1
             self.step_in_epoch += 1
-            total, count = total + loss.item(), count + 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.4g}")
+            loss_value = loss.item()
+            total, count = total + loss_value, count + 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.4g}")
             if writer is not None and self.global_step % cfg.train.log_every == 0:
-                writer.add_scalar("train/loss_step", loss.item(), self.global_step)
-                writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
-            if self._stop():
+                writer.add_scalar("train/loss_step", loss_value, self.global_step)
+                writer.add_scalar("train/lr", lr, self.global_step)
+            if self.stopped():
                 break
         bar.close()
         total, count_all = sum_over_processes([total, count])  # every process runs the same number of steps
@@ -148,58 +127,25 @@ class RetrainRun:
             result["drop_path_prob"] = self.model.drop_path_prob
         return result
 
-    def evaluate(self, loader: DataLoader) -> dict[str, Any]:
-        """The validation metrics of the current weights."""
-        cfg = self.cfg
-        if self.segmentation:
-            return evaluate_segmentation(self.model, loader, self.device, self.criterion, self.meta["num_classes"],
-                                         cfg.train.amp)
-        return evaluate_classification(self.model, loader, self.device, self.criterion, cfg.train.amp)
+    def end_epoch(self) -> None:
+        """Step a per-epoch (cosine) schedule."""
+        if self.cfg.optimizer.schedule == "cosine":
+            self.scheduler.step()
 
-    def run(self, val_set: Dataset) -> dict[str, Any]:
-        """Train until the configured length or ``max_steps``; returns the last record."""
-        cfg = self.cfg
-        loader = evaluation_batches(val_set, cfg.data.eval_batch_size, cfg.data.max_eval_batches,
-                                    cfg.data.num_workers)
-        writer = (SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.global_step or None)
-                  if is_main() else None)
-        record: dict[str, Any] = self.history[-1] if self.history else {}
-        try:
-            while not self._stop():
-                start = time.time()
-                train = self.train_one_epoch(writer)
-                finished = self.step_in_epoch >= self.steps_per_epoch
-                if finished:
-                    if cfg.optimizer.schedule == "cosine":
-                        self.scheduler.step()
-                    self.epoch += 1
-                    self.step_in_epoch = 0
-                if finished and self.epoch % cfg.train.eval_every and not self._stop():
-                    continue
-                broadcast_buffers(self.model)
-                valid = self.evaluate(loader)
-                record = {"epoch": self.epoch, "global_step": self.global_step, "seconds": time.time() - start,
-                          "train": train, "valid": valid}
-                if writer is not None:
-                    self._log(writer, record)
-                self.history.append(record)
-                improved = self.best["value"] is None or valid[self.metric] > self.best["value"]
-                if improved:
-                    self.best = {"metric": self.metric, "value": valid[self.metric], "epoch": self.epoch,
-                                 "global_step": self.global_step}
-                self.save(best=improved)
-        finally:
-            if writer is not None:
-                writer.close()
-        return record
+    def should_evaluate(self) -> bool:
+        """Every ``train.eval_every`` epochs."""
+        return self.epoch % self.cfg.train.eval_every == 0
 
-    def _log(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
-        step = self.global_step
-        writer.add_scalar("train/loss", record["train"]["loss"], step)
-        for key, value in record["valid"].items():
-            if isinstance(value, float):
-                writer.add_scalar(f"valid/{key}", value, step)
-        metric = self.metric
-        tqdm.write(f"epoch {record['epoch']} step {step}: train loss {record['train']['loss']:.4f} | valid loss "
-                   f"{record['valid']['loss']:.4f} {metric} {record['valid'][metric]:.2f} | {record['seconds']:.1f}s")
+    def after_record(self, record: dict[str, Any]) -> None:
+        """Keep track of the best validation metric."""
+        value = record["valid"][self.task.metric]
+        self.improved = self.best["value"] is None or value > self.best["value"]
+        if self.improved:
+            self.best = {"metric": self.task.metric, "value": value, "epoch": record["epoch"],
+                         "global_step": self.global_step}
 
+    def write_outputs(self) -> None:
+        """Copy the checkpoint to ``best.pt`` when the metric improved."""
+        if self.improved:
+            shutil.copyfile(self.run_dir / CHECKPOINT_NAME, self.run_dir / f".{BEST_NAME}.tmp")
+            (self.run_dir / f".{BEST_NAME}.tmp").replace(self.run_dir / BEST_NAME)

@@ -1,7 +1,7 @@
 """The decoded Auto-DeepLab network: official stem, one fixed cell per layer of a path, DeepLabv3+ head.
 
 Follows the official retrain code (tensorflow/models research/deeplab, ``hnasnet``;
-REFERENCE.md, section 3):
+Auto-DeepLab §4.2 and docs/DESIGN.md §4):
 
 - Stem: conv3x3/2 (64) - BN - ReLU - conv3x3 (64) - BN - ReLU - conv3x3/2 (128) - BN. The
   output of the second BN (stride 2) is the H^{l-2} input of the first cell; the stem output
@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.errors import UserError
+from autoseg.architecture import DEFAULT_FILTER_MULTIPLIER, NetworkArch, check_path
 from autoseg.genotype import AUTODEEPLAB_CELL, AUTODEEPLAB_PATH, CellGenotype
 from autoseg.models.deeplab_head import DeepLabV3PlusHead
 from autoseg.models.fixed_cell import FixedCell
@@ -128,22 +128,6 @@ def _skip(channels: int, stride: int, affine: bool) -> nn.Module:
 
 for _name in ("none", "max_pool_3x3", "avg_pool_3x3"):
     register_op(_name, FAMILY)(partial(build_op, _name, family="darts"))
-
-
-def check_path(path: Sequence[int]) -> tuple[int, ...]:
-    """Validate a network-level path (one level per layer) and return it as a tuple.
-
-    The stem sits at level 0, so the first layer is at level 0 or 1, and every later layer
-    moves by at most one level. Raises UserError otherwise.
-    """
-    levels = tuple(int(level) for level in path)
-    if not levels:
-        raise UserError("the network path is empty; give one level per layer, e.g. [0, 0, 1, 2, 1]")
-    steps = [(b - a) for a, b in zip((0,) + levels, levels)]
-    if min(levels) < 0 or any(abs(step) > 1 for step in steps):
-        raise UserError(f"invalid network path {list(levels)}: levels must be >= 0, start at 0 or 1, "
-                        f"and change by at most one per layer")
-    return levels
 
 
 class AutoDeepLabStem(nn.Module):
@@ -263,29 +247,17 @@ def autodeeplab_l(num_classes: int, **kwargs: Any) -> AutoDeepLab:
     return autodeeplab_paper(num_classes, filter_multiplier=48, **kwargs)
 
 
-def autodeeplab_from_arch(arch: Mapping[str, Any], num_classes: int, **kwargs: Any) -> AutoDeepLab:
-    """Build the network a search found, from its arch dict.
-
-    ``arch`` has keys ``path`` (one level per layer), ``cell`` (a :class:`CellGenotype` or its
-    :meth:`~CellGenotype.to_dict` form) and optionally ``filter_multiplier`` (default 20);
-    a ``filter_multiplier`` keyword overrides the one in ``arch``.
-    """
-    missing = [key for key in ("path", "cell") if key not in arch]
-    if missing:
-        raise UserError(f"the architecture lacks {', '.join(missing)}; expected keys 'path', 'cell' "
-                        f"and optionally 'filter_multiplier'")
-    cell = arch["cell"]
-    if not isinstance(cell, CellGenotype):
-        try:
-            cell = CellGenotype.from_dict(cell)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"the architecture's cell is not a cell genotype ({exc}); expected "
-                            f"{{'blocks': [[[op, state], ...], ...], 'concat': [...]}}") from exc
-    filter_multiplier = kwargs.pop("filter_multiplier", arch.get("filter_multiplier", 20))
-    return AutoDeepLab(arch["path"], cell, int(filter_multiplier), num_classes, **kwargs)
+def autodeeplab_from_arch(arch: NetworkArch | Mapping[str, Any], num_classes: int, **kwargs: Any) -> AutoDeepLab:
+    """Build the network a search found, from its :class:`~autoseg.architecture.NetworkArch`
+    (or the ``arch.json`` form of one); a ``filter_multiplier`` keyword overrides the
+    architecture's F, which defaults to 20 when the architecture records none."""
+    if not isinstance(arch, NetworkArch):
+        arch = NetworkArch.from_dict(dict(arch))
+    filter_multiplier = kwargs.pop("filter_multiplier", None) or arch.filter_multiplier or DEFAULT_FILTER_MULTIPLIER
+    return AutoDeepLab(arch.path, arch.cell, int(filter_multiplier), num_classes, **kwargs)
 
 
 @register_model("autodeeplab-arch")
-def autodeeplab_arch(num_classes: int, arch: Mapping[str, Any], **kwargs: Any) -> AutoDeepLab:
+def autodeeplab_arch(num_classes: int, arch: NetworkArch | Mapping[str, Any], **kwargs: Any) -> AutoDeepLab:
     """The network of a search's ``arch.json`` (passed as ``arch=``); see :func:`autodeeplab_from_arch`."""
     return autodeeplab_from_arch(arch, num_classes, **kwargs)

@@ -6,12 +6,11 @@ search, a ``genotype.json`` of a DARTS search, or ``smp:<Arch>:<encoder>``) into
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from autoseg.architecture import NetworkArch, read_architecture
 from autoseg.errors import UserError
 from autoseg.genotype import GENOTYPES
 from autoseg.models.registry import create_model
@@ -23,19 +22,13 @@ def model_spec(arch: str, **kwargs: Any) -> dict[str, Any]:
     if arch in GENOTYPES:
         return {"name": "darts-cifar", "kwargs": {"genotype": arch, **kwargs}}
     if arch.endswith(".json"):
-        path = Path(arch)
-        if not path.is_file():
-            raise UserError(f"architecture file {path} does not exist; pass a search's arch.json or genotype.json")
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as exc:
-            raise UserError(f"{path} is not valid JSON ({exc})") from exc
-        if "path" in data and "cell" in data:
-            arch_fields = {key: data[key] for key in ("path", "cell", "filter_multiplier") if key in data}
-            return {"name": "autodeeplab-arch", "kwargs": {"arch": arch_fields, **kwargs}}
-        if "normal" in data and "reduce" in data:
-            return {"name": "darts-cifar", "kwargs": {"genotype": data, **kwargs}}
-        raise UserError(f"{path} is neither an arch.json (keys path, cell) nor a genotype.json (keys normal, reduce)")
+        found = read_architecture(arch)
+        if isinstance(found, NetworkArch):
+            fields = {"path": list(found.path), "cell": found.cell.to_dict()}
+            if found.filter_multiplier is not None:
+                fields["filter_multiplier"] = found.filter_multiplier
+            return {"name": "autodeeplab-arch", "kwargs": {"arch": fields, **kwargs}}
+        return {"name": "darts-cifar", "kwargs": {"genotype": found.to_dict(), **kwargs}}
     return {"name": arch, "kwargs": kwargs}
 
 

@@ -5,12 +5,13 @@ exactly what the search wrote.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoseg.architecture import NetworkArch
 from autoseg.genotype import CellGenotype, Genotype, topk_cell
 from autoseg.trellis import transition_probabilities, viterbi_path
 
@@ -29,43 +30,22 @@ def decode_darts(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primi
 
 
 def decode_hierarchical(alphas: torch.Tensor, betas: torch.Tensor, primitives: Sequence[str],
-                        filter_multiplier: int, free_first_step: bool = True) -> dict[str, Any]:
+                        filter_multiplier: int, free_first_step: bool = True) -> NetworkArch:
     """The Auto-DeepLab architecture: the Viterbi path through the transition probabilities
-    derived from beta, the top-2 cell from alpha, and the numbers behind both (JSON-ready)."""
+    derived from beta, the top-2 cell from alpha, and the numbers behind both."""
     cell_weights = _softmax(alphas)
     transitions = transition_probabilities(betas.detach().float().cpu(), free_first_step).numpy()
     path = viterbi_path(transitions)
-    cell = CellGenotype.from_blocks(topk_cell(cell_weights, primitives))
     layers, levels = transitions.shape[:2]
-    return {
-        "path": path,
-        "cell": cell.to_dict(),
-        "filter_multiplier": filter_multiplier,
-        "blocks": cell.num_blocks,
-        "layers": int(layers),
-        "levels": int(levels),
-        "primitives": list(primitives),
-        "free_first_step": free_first_step,
-        "step_probabilities": [round(float(transitions[l, path[l - 1] if l else 0, path[l]]), 6)
-                               for l in range(layers)],
-        "cell_weights": np.round(cell_weights, 6).tolist(),
-        "transitions": np.round(transitions, 6).tolist(),
-    }
-
-
-def format_architecture(arch: dict[str, Any]) -> str:
-    """A few human-readable lines describing a decoded architecture (DARTS or hierarchical)."""
-    def cell_lines(name: str, cell: dict[str, Any]) -> list[str]:
-        lines = [f"{name} (output = concat of states {cell['concat']}):"]
-        for i, block in enumerate(cell["blocks"]):
-            inputs = " + ".join(f"{op}(state {state})" for op, state in block)
-            lines.append(f"  block {i + 1} (state {i + 2}) = {inputs}")
-        return lines
-
-    if "normal" in arch:
-        return "\n".join(cell_lines("normal cell", arch["normal"]) + cell_lines("reduction cell", arch["reduce"]))
-    strides = [4 * 2 ** level for level in arch["path"]]
-    lines = [f"network path (level per layer): {arch['path']}",
-             f"output stride per layer:       {strides}",
-             f"filter multiplier F={arch['filter_multiplier']}, blocks B={arch['blocks']}, layers L={arch['layers']}"]
-    return "\n".join(lines + cell_lines("cell", arch["cell"]))
+    return NetworkArch(
+        path=tuple(path),
+        cell=CellGenotype.from_blocks(topk_cell(cell_weights, primitives)),
+        filter_multiplier=filter_multiplier,
+        levels=int(levels),
+        primitives=tuple(primitives),
+        free_first_step=free_first_step,
+        step_probabilities=tuple(round(float(transitions[l, path[l - 1] if l else 0, path[l]]), 6)
+                                 for l in range(layers)),
+        cell_weights=np.round(cell_weights, 6).tolist(),
+        transitions=np.round(transitions, 6).tolist(),
+    )

@@ -1,7 +1,7 @@
-"""The DARTS search network for CIFAR-10 (REFERENCE.md section 2)."""
+"""The DARTS search network for CIFAR-10 (DARTS §2.2 and §3.1.1; docs/DESIGN.md §2)."""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,8 @@ from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_darts
 from autoseg.search.grouped_batchnorm import convert_batchnorm
 from autoseg.search.mixed_op import MixedCell
+from autoseg.search.network import SearchNetwork
+from autoseg.visualize import alpha_heatmap, cell_figure
 
 
 class DartsSearchCell(nn.Module):
@@ -35,7 +37,7 @@ class DartsSearchCell(nn.Module):
         return self.dag(self.preprocess0(s0), self.preprocess1(s1), weights)
 
 
-class DartsSearchNetwork(nn.Module):
+class DartsSearchNetwork(SearchNetwork):
     """Stem, ``layers`` search cells (reductions at 1/3 and 2/3 depth), global pool, linear.
 
     Holds one alpha matrix per cell type (normal, reduce), initialised as 1e-3 * N(0, 1);
@@ -72,11 +74,6 @@ class DartsSearchNetwork(nn.Module):
         """The architecture parameters (alpha of the normal and of the reduction cell)."""
         return [self.alphas_normal, self.alphas_reduce]
 
-    def weight_parameters(self) -> Iterator[nn.Parameter]:
-        """Every parameter that is not an architecture parameter."""
-        arch = {id(p) for p in self.arch_parameters()}
-        return (p for p in self.parameters() if id(p) not in arch)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         normal = F.softmax(self.alphas_normal, dim=-1)
@@ -90,7 +87,15 @@ class DartsSearchNetwork(nn.Module):
         return {name: F.softmax(alpha.detach().float(), dim=-1).cpu().numpy()
                 for name, alpha in (("normal", self.alphas_normal), ("reduce", self.alphas_reduce))}
 
-    def genotype(self) -> Genotype:
+    def decode(self) -> Genotype:
         """The discrete cells decoded with the DARTS top-2 rule."""
         return decode_darts(self.alphas_normal, self.alphas_reduce, self.primitives, self.num_blocks,
                             self.multiplier)
+
+    def figures(self, arch: Genotype) -> dict[str, np.ndarray]:
+        """softmax(alpha) of each cell type as a heat map, and each decoded cell."""
+        images = {f"alpha/{name}": alpha_heatmap(w, list(self.primitives), title=f"softmax(alpha) {name}")
+                  for name, w in self.arch_weights().items()}
+        for name, cell in (("normal", arch.normal), ("reduce", arch.reduce)):
+            images[f"cell/{name}"] = cell_figure(cell.to_dict()["blocks"], title=f"{name} cell")
+        return images

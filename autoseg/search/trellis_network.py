@@ -1,6 +1,6 @@
 """The Auto-DeepLab search supernet: a trellis of search cells over layers and resolutions.
 
-Built by loops over (layer, level) from the definition in REFERENCE.md section 3; nothing
+Built by loops over (layer, level) from the definition of Auto-DeepLab §3.2 (docs/DESIGN.md §3); nothing
 depends on there being 12 layers or 4 levels.
 
 - Stem: three 3x3 convs (64 s2, 64, 128 s2; BN, ReLU), stride 4 overall, at level 0.
@@ -24,7 +24,7 @@ depends on there being 12 layers or 4 levels.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,13 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from autoseg.architecture import NetworkArch
 from autoseg.genotype import num_edges
-from autoseg.models.aspp import ASPP
+from autoseg.aspp import ASPP
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_hierarchical
 from autoseg.search.grouped_batchnorm import batch_groups, convert_batchnorm, frozen_running_statistics
 from autoseg.search.mixed_op import MixedCell
+from autoseg.search.network import SearchNetwork
 from autoseg.trellis import predecessors, transition_probabilities, trellis_nodes
+from autoseg.visualize import alpha_heatmap, cell_figure, trellis_figure
 
 STEM_CHANNELS = (64, 64, 128)
 
@@ -126,7 +129,7 @@ class SearchHead(nn.Module):
         return self.classifier(self.aspp(x))
 
 
-class TrellisSearchNetwork(nn.Module):
+class TrellisSearchNetwork(SearchNetwork):
     """The hierarchical (Auto-DeepLab) supernet; see the module docstring for its definition."""
 
     def __init__(self, num_classes: int, layers: int = 12, levels: int = 4, blocks: int = 5,
@@ -174,11 +177,6 @@ class TrellisSearchNetwork(nn.Module):
         """alpha (shared by every cell) and beta (the transitions)."""
         return [self.alphas, self.betas]
 
-    def weight_parameters(self) -> Iterator[nn.Parameter]:
-        """Every parameter that is not an architecture parameter."""
-        arch = {id(p) for p in self.arch_parameters()}
-        return (p for p in self.parameters() if id(p) not in arch)
-
     def transition_probabilities(self) -> torch.Tensor:
         """The (L, S, S) transition probabilities derived from beta."""
         return transition_probabilities(self.betas, self.free_first_step)
@@ -218,7 +216,20 @@ class TrellisSearchNetwork(nn.Module):
         return {"cell": F.softmax(self.alphas.detach().float(), dim=-1).cpu().numpy(),
                 "transitions": self.transition_probabilities().detach().float().cpu().numpy()}
 
-    def decode(self) -> dict:
+    def decode(self) -> NetworkArch:
         """The discrete architecture: Viterbi path, top-2 cell, and the numbers behind them."""
         return decode_hierarchical(self.alphas, self.betas, self.primitives, self.filter_multiplier,
                                    self.free_first_step)
+
+    def figures(self, arch: NetworkArch) -> dict[str, np.ndarray]:
+        """softmax(alpha), the trellis of transition probabilities with the decoded path, and
+        the decoded cell."""
+        weights = self.arch_weights()
+        return {"alpha/cell": alpha_heatmap(weights["cell"], list(self.primitives), title="softmax(alpha)"),
+                "beta/trellis": trellis_figure(weights["transitions"], list(arch.path),
+                                               title="transitions and Viterbi path"),
+                "cell/decoded": cell_figure(arch.cell.to_dict()["blocks"], title="decoded cell")}
+
+    def summary(self) -> dict[str, Any]:
+        """The dry-run summary, with the number of trellis nodes."""
+        return {**super().summary(), "trellis_nodes": len(self.nodes)}

@@ -1,0 +1,134 @@
+"""Time the search supernets: median weight step and architecture step, and peak memory.
+
+    autoseg benchmark --mode hierarchical --filter-multiplier 8 --crop-size 65 --batch-size 2
+    autoseg benchmark --mode hierarchical --crop-size 321 --device cuda --amp
+    autoseg benchmark --mode cifar --batch-size 64
+
+Random inputs of the given size; the sizes default to each mode's paper setting. Prints one
+JSON line: the setting, the weight parameter count, the median seconds of a weight step
+(forward, backward, SGD) and of an architecture step (first order, or second order with
+--unrolled), the peak memory (CUDA max allocated, or the process's peak RSS on CPU), and the
+activations one forward pass saves for backward (``saved_activations_mb``: device-independent,
+so a CPU run tells how much GPU memory the activations of a setting take).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+
+import torch
+
+from autoseg.config import DartsSearchModelConfig, SearchConfig, TrellisModelConfig
+from autoseg.engine.checkpoint import resolve_device
+from autoseg.engine.search_setup import build_search_network
+from autoseg.profiling import saved_activation_bytes
+from autoseg.search.architect import Architect
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The benchmark's command line."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("hierarchical", "cifar"), default="hierarchical")
+    p.add_argument("--filter-multiplier", type=int, default=8, help="F (hierarchical)")
+    p.add_argument("--layers", type=int, help="layers (default 12 hierarchical, 8 cifar)")
+    p.add_argument("--levels", type=int, default=4, help="resolution levels (hierarchical)")
+    p.add_argument("--blocks", type=int, help="blocks per cell (default 5 hierarchical, 4 cifar)")
+    p.add_argument("--init-channels", type=int, default=16, help="C (cifar)")
+    p.add_argument("--crop-size", type=int, help="input size (default 321 hierarchical, 32 cifar)")
+    p.add_argument("--batch-size", type=int, help="default 2 hierarchical, 64 cifar")
+    p.add_argument("--num-classes", type=int, help="default 19 hierarchical, 10 cifar")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step")
+    p.add_argument("--checkpoint-cells", action="store_true", help="recompute cells in backward (hierarchical)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps of each kind (0: memory figures only)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    return p.parse_args(argv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark and print its JSON line."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    hierarchical = args.mode == "hierarchical"
+    if hierarchical:
+        model_cfg = TrellisModelConfig(layers=args.layers or 12, levels=args.levels, blocks=args.blocks or 5,
+                                       filter_multiplier=args.filter_multiplier,
+                                       checkpoint_cells=args.checkpoint_cells)
+    else:
+        blocks = args.blocks or 4
+        model_cfg = DartsSearchModelConfig(init_channels=args.init_channels, layers=args.layers or 8,
+                                           blocks=blocks, multiplier=blocks)
+    cfg = SearchConfig(mode=args.mode, model=model_cfg)
+    size = args.crop_size or (321 if hierarchical else 32)
+    batch = args.batch_size or (2 if hierarchical else 64)
+    classes = args.num_classes or (19 if hierarchical else 10)
+    torch.manual_seed(0)
+    model = build_search_network(cfg, classes).to(device)
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=255) if hierarchical else torch.nn.CrossEntropyLoss()
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-3, weight_decay=1e-3)
+    architect = Architect(model, criterion, a_opt, w_opt, unrolled=args.unrolled)
+    inputs = torch.randn(batch, 3, size, size, device=device)
+    target = (torch.randint(0, classes, (batch, size, size)) if hierarchical
+              else torch.randint(0, classes, (batch,))).to(device)
+
+    def weight_step() -> None:
+        w_opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            loss = criterion(model(inputs).float(), target)
+        loss.backward()
+        w_opt.step()
+
+    def arch_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            architect.step((inputs, target), (inputs, target), 0.025)
+
+    timings = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for name, step in (("weight_step_s", weight_step), ("arch_step_s", arch_step)):
+        for _ in range(args.warmup):
+            step()
+        seconds = []
+        for _ in range(args.steps):
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            seconds.append(time.perf_counter() - start)
+        timings[name] = round(statistics.median(seconds), 4) if seconds else None
+    if device.type == "cuda":
+        peak = {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory": "cuda_max_allocated"}
+        machine = torch.cuda.get_device_name()
+    else:
+        peak = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "memory": "peak_rss"}
+        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if not args.steps + args.warmup:  # no step ran: there is no step's peak to report
+        peak["peak_memory_mb"] = None
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        saved = saved_activation_bytes(lambda: criterion(model(inputs).float(), target))
+    result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp,
+              "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells, "batch_size": batch,
+              "crop_size": size, **({"filter_multiplier": args.filter_multiplier, "levels": args.levels}
+                                    if hierarchical else {"init_channels": args.init_channels}),
+              "layers": model_cfg.layers, "blocks": model_cfg.blocks,
+              "params": sum(p.numel() for p in model.weight_parameters()), **timings, **peak,
+              "saved_activations_mb": round(saved / 2**20, 1),
+              "torch": torch.__version__}
+    print(json.dumps(result))
+    return result
+

@@ -1,0 +1,54 @@
+"""Decode a search checkpoint into a discrete architecture.
+
+    autoseg decode runs/search/<run>            # or a checkpoint .pt file
+
+Rebuilds the search's supernet from the checkpoint's config, loads its architecture
+parameters and decodes them with the same code the search uses, so it reproduces the search's
+file exactly. Hierarchical runs: writes arch.json (Viterbi path, top-2 cell, F, B, L, op set
+and the per-step probabilities); CIFAR runs: genotype.json. Also writes the search's figures
+as PNGs (arch_trellis.png and arch_cell.png, or a cell picture per cell type) and prints the
+architecture.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from autoseg.config import SearchConfig, from_dict
+from autoseg.engine.checkpoint import load_checkpoint
+from autoseg.engine.search_setup import build_search_network
+from autoseg.engine.task import build_task
+from autoseg.errors import UserError
+from autoseg.files import write_json
+from autoseg.visualize import save_png
+
+FIGURE_FILES = {"beta/trellis": "arch_trellis.png", "cell/decoded": "arch_cell.png",
+                "cell/normal": "genotype_normal.png", "cell/reduce": "genotype_reduce.png"}
+"""Which of the search's TensorBoard figures decode.py writes, and as what."""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Decode, write the files, print; returns the decoded architecture (JSON form)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="a search run directory or a checkpoint file")
+    parser.add_argument("--out", type=Path, help="where to write (default: the run directory)")
+    args = parser.parse_args(argv)
+    state = load_checkpoint(args.source)
+    if state.get("kind", "search") != "search" or "mode" not in state or "config" not in state:
+        raise UserError(f"{args.source} is not a search checkpoint (no architecture parameters in it)")
+    cfg = from_dict(SearchConfig, state["config"], "the checkpoint's config")
+    network = build_search_network(cfg, build_task(cfg.data.dataset, cfg.data.num_classes).num_classes)
+    network.load_state_dict(state["model"])
+    arch = network.decode()
+    out = args.out or (args.source if args.source.is_dir() else args.source.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(arch.to_dict(), out / arch.FILE_NAME)
+    written = [arch.FILE_NAME]
+    for tag, image in network.figures(arch).items():
+        if tag in FIGURE_FILES:
+            save_png(image, out / FIGURE_FILES[tag])
+            written.append(FIGURE_FILES[tag])
+    print(arch.describe())
+    print("wrote " + ", ".join(str(out / name) for name in written))
+    return arch.to_dict()
+

@@ -1,0 +1,104 @@
+"""Train a found, published or baseline architecture from scratch, and evaluate it.
+
+    autoseg retrain --dataset synthetic --arch runs/search/<run>/arch.json
+    autoseg retrain --dataset cityscapes --data-root DIR --arch autodeeplab-s
+    autoseg retrain --dataset cifar10 --data-root DIR --arch DARTS_V2     # or a genotype.json
+    autoseg retrain --dataset cityscapes --data-root DIR --arch smp:DeepLabV3Plus:resnet50
+    autoseg retrain --resume runs/retrain/<run>
+
+The default config follows the dataset: cifar10 -> configs/retrain/cifar10_darts.yaml (the
+DARTS protocol), cityscapes and folder -> configs/retrain/cityscapes_autodeeplab.yaml (the
+Auto-DeepLab protocol), synthetic -> configs/retrain/synthetic.yaml. The run directory gets checkpoint.pt
+(last), best.pt (best validation metric), config.yaml and TensorBoard logs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from torch import nn
+
+from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
+                         create_run_dir, default_config, resumed_config)
+from autoseg.config import RetrainConfig, load_config
+from autoseg.data import dataset_eval_split
+from autoseg.engine import distributed
+from autoseg.engine.checkpoint import load_checkpoint, seed_everything
+from autoseg.engine.datasets import build_split
+from autoseg.engine.retrain_loop import RetrainRun
+from autoseg.engine.task import Task, build_task
+from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
+from autoseg.models import count_parameters
+from autoseg.models.spec import build_model, model_spec
+from autoseg.process import is_main, world_size
+
+RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
+                 "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr"}
+DEFAULT_CONFIGS = {"cityscapes": "cityscapes_autodeeplab", "folder": "cityscapes_autodeeplab",
+                   "cifar10": "cifar10_darts", "synthetic": "synthetic"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The retrain tool's command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--arch", help="arch.json, genotype.json, a model name (autodeeplab-paper, autodeeplab-s/m/l, "
+                                       "DARTS_V2, darts-cifar) or smp:<Arch>:<encoder>")
+    parser.add_argument("--filter-multiplier", type=int, help="F of an Auto-DeepLab network (20 = S, 32 = M, 48 = L)")
+    parser.add_argument("--iterations", type=int, help="train for this many iterations instead of epochs")
+    parser.add_argument("--lr", type=float, help="initial learning rate")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> RetrainConfig:
+    """The saved config when resuming, else the YAML file plus the flags."""
+    if args.resume is not None:
+        return resumed_config(args, RetrainConfig, RETRAIN_FLAGS)
+    cfg = load_config(args.config or default_config("retrain", DEFAULT_CONFIGS.get(args.dataset), "synthetic"),
+                      RetrainConfig)
+    apply_overrides(cfg, args, RETRAIN_FLAGS)
+    return cfg
+
+
+def build(cfg: RetrainConfig, task: Task) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its spec (how a checkpoint rebuilds it)."""
+    m = cfg.model
+    spec = model_spec(m.arch, filter_multiplier=m.filter_multiplier, bn_momentum=m.bn_momentum, C=m.init_channels,
+                      layers=m.layers, auxiliary=m.auxiliary, encoder_weights=m.encoder_weights)
+    return build_model(spec, task.num_classes), spec
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Retrain (or dry-run); returns the last evaluation record or the dry-run summary."""
+    args = parse_args(argv)
+    cfg = resolve_config(args)
+    seed_everything(cfg.train.seed)
+    task = build_task(cfg.data.dataset, cfg.data.num_classes)
+    if args.dry_run:
+        model, spec = build(cfg, task)
+        summary = {"model": spec["name"], "arch": cfg.model.arch,
+                   "params": count_parameters(model, exclude="auxiliary"),
+                   "aux_params": count_parameters(model) - count_parameters(model, exclude="auxiliary"),
+                   "num_classes": task.num_classes}
+        print(json.dumps(summary))
+        return summary
+    device = distributed.setup(cfg.train.device)
+    run_dir = distributed.on_main(lambda: choose_run_dir("retrain", cfg.data.dataset, args.out, args.resume))
+    model, spec = build(cfg, task)
+    train_set = build_split(cfg.data, "train", augment=True, transform_kind="retrain" if task.segmentation else None)
+    val_set = build_split(cfg.data, dataset_eval_split(cfg.data.dataset), augment=False)
+    meta = TrainedModelMeta(task.kind, cfg.data.dataset, task.num_classes, spec, list(train_set.class_names),
+                            train_set.palette.tolist() if task.segmentation else [])
+    run = RetrainRun(cfg, model, meta, task, train_set, val_set, run_dir, device)
+    if args.resume:
+        run.load_state_dict(load_checkpoint(run_dir))
+    else:
+        distributed.on_main(lambda: create_run_dir(run_dir, cfg))
+    say = print if is_main() else lambda *_: None
+    say(f"retraining {cfg.model.arch} ({count_parameters(model):,} parameters) on {cfg.data.dataset}, "
+        f"{run.total_steps} steps, device {device} x {world_size()} process(es), run directory {run_dir}")
+    record = run.run()
+    say(f"best {run.best['metric']} {run.best['value']:.2f} at epoch {run.best['epoch']}; "
+        f"wrote {run_dir / BEST_NAME}")
+    return record

@@ -1,0 +1,80 @@
+"""Architecture search: DARTS cells on CIFAR-10, or the hierarchical Auto-DeepLab search on
+segmentation data (cityscapes, folder, synthetic).
+
+    autoseg search --dataset synthetic                 # the embedded default
+    autoseg search --dataset cifar10 --data-root DIR   # DARTS cell search
+    autoseg search --dataset cityscapes --data-root DIR
+    autoseg search --resume runs/search/<run>          # continue a stopped run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
+                         create_run_dir, default_config, resumed_config)
+from autoseg.config import SearchConfig, load_config
+from autoseg.engine import distributed
+from autoseg.engine.checkpoint import load_checkpoint, seed_everything
+from autoseg.engine.search_loop import SearchRun
+from autoseg.engine.search_setup import build_search_data, build_search_network, check_mode_and_dataset
+from autoseg.engine.task import build_task
+from autoseg.errors import UserError
+from autoseg.process import is_main, world_size
+
+SEARCH_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "unrolled": "train.unrolled",
+                "warmup_epochs": "train.warmup_epochs", "filter_multiplier": "model.filter_multiplier",
+                "layers": "model.layers"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The search tool's command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--unrolled", action="store_true", default=None,
+                        help="second-order (unrolled) architecture gradient")
+    parser.add_argument("--warmup-epochs", type=int, help="epochs that update the weights only")
+    parser.add_argument("--filter-multiplier", type=int, help="F of the trellis (hierarchical mode)")
+    parser.add_argument("--layers", type=int, help="number of layers (cells) of the supernet")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> SearchConfig:
+    """The experiment: the saved config when resuming, else the YAML file plus the flags."""
+    if args.resume is not None:
+        return resumed_config(args, SearchConfig, SEARCH_FLAGS)
+    cfg = load_config(args.config or default_config("search", args.dataset, "synthetic"), SearchConfig)
+    for dest in ("filter_multiplier",):
+        if getattr(args, dest) is not None and cfg.mode != "hierarchical":
+            raise UserError(f"--{dest.replace('_', '-')} applies to the hierarchical search only")
+    apply_overrides(cfg, args, SEARCH_FLAGS)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run (or dry-run) a search; returns the decoded architecture (JSON form) or the dry-run summary."""
+    args = parse_args(argv)
+    cfg = resolve_config(args)
+    check_mode_and_dataset(cfg)
+    task = build_task(cfg.data.dataset, cfg.data.num_classes)
+    if args.dry_run:
+        seed_everything(cfg.train.seed)
+        summary = build_search_network(cfg, task.num_classes).summary()
+        print(json.dumps(summary))
+        return summary
+    device = distributed.setup(cfg.train.device)
+    run_dir = distributed.on_main(lambda: choose_run_dir("search", cfg.data.dataset, args.out, args.resume))
+    seed_everything(cfg.train.seed)
+    data = build_search_data(cfg)
+    run = SearchRun(cfg, build_search_network(cfg, task.num_classes), task, data, run_dir, device)
+    if args.resume:
+        run.load_state_dict(load_checkpoint(run_dir))
+    else:
+        distributed.on_main(lambda: create_run_dir(run_dir, cfg))
+    say = print if is_main() else lambda *_: None
+    say(f"searching ({cfg.mode}) on {cfg.data.dataset} with {run.model.summary()['params']:,} weight parameters, "
+        f"device {device} x {world_size()} process(es), run directory {run_dir}")
+    run.run()
+    say(run.arch.describe())
+    say(f"wrote {run_dir / run.arch.FILE_NAME}")
+    return run.arch.to_dict()
