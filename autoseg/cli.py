@@ -154,3 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     tool = importlib.import_module(f"autoseg.tools.{argv[0]}")
     run_tool(tool.main, argv[1:])
+
+
+if __name__ == "__main__":
+    main()

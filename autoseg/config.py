@@ -63,7 +63,7 @@ class ArchOptimizerConfig:
 
 @dataclass
 class DartsSearchModelConfig:
-    """The DARTS search network (REFERENCE.md section 2)."""
+    """The DARTS search network (docs/DESIGN.md §2)."""
 
     init_channels: int = 16
     layers: int = 8
@@ -75,7 +75,7 @@ class DartsSearchModelConfig:
 
 @dataclass
 class TrellisModelConfig:
-    """The Auto-DeepLab trellis supernet (REFERENCE.md section 3)."""
+    """The Auto-DeepLab trellis supernet (docs/DESIGN.md §3)."""
 
     layers: int = 12
     levels: int = 4

@@ -158,7 +158,7 @@ def _pairs(flat: Sequence[Edge]) -> list[list[Edge]]:
 
 
 GENOTYPES: dict[str, Genotype] = {
-    # DARTS (second order), REFERENCE.md section 2.
+    # DARTS (second order), docs/DESIGN.md §2.
     "DARTS_V2": Genotype(
         normal=CellGenotype.from_blocks(_pairs([
             ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
@@ -177,7 +177,7 @@ AUTODEEPLAB_CELL = CellGenotype.from_blocks([
     [("sep_conv_5x5", 4), ("sep_conv_5x5", 2)],
     [("sep_conv_5x5", 3), ("dil_conv_5x5", 5)],
 ])
-"""The published Auto-DeepLab cell (REFERENCE.md section 3), in the section-1 input numbering."""
+"""The published Auto-DeepLab cell (docs/DESIGN.md §4), in the section-1 input numbering."""
 
 AUTODEEPLAB_PATH: tuple[int, ...] = (0, 0, 0, 1, 2, 1, 2, 2, 3, 3, 2, 1)
 """The published Auto-DeepLab network path, one level per layer (0 = stride 4)."""

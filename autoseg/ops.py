@@ -1,7 +1,7 @@
 """Candidate operations of the cell search space, in one registry.
 
-The eight DARTS candidates are defined as in the reference DARTS code (see REFERENCE.md,
-section 1). Ops are grouped in *families*: ``"darts"`` holds the reference definitions used
+The eight DARTS candidates are defined as in the reference DARTS code (see docs/DESIGN.md
+§1). Ops are grouped in *families*: ``"darts"`` holds the reference definitions used
 by both search spaces and by the DARTS evaluation network; other families (for example the
 official Auto-DeepLab retrain ops, registered by :mod:`autoseg.models.autodeeplab`) reuse the
 same names with other definitions. A new op is one :func:`register_op` entry.

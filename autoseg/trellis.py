@@ -1,6 +1,6 @@
 """The network-level search space of Auto-DeepLab: a trellis of resolution levels.
 
-Pure functions, usable without building a network (see REFERENCE.md, section 3).
+Pure functions, usable without building a network (see docs/DESIGN.md §3).
 
 Layers are numbered ``0 .. L-1`` and resolution levels ``0 .. S-1`` (level ``s`` has stride
 ``4 * 2**s``). The stem is "layer -1" and sits at level 0. A node ``(layer, level)`` is

@@ -16,7 +16,7 @@ from autoseg.data.folder import check_folder_dataset
 from autoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, search_transform
 from autoseg.errors import UserError
 
-# Label id -> train id, restated from REFERENCE.md section 4 (independent of the library's table).
+# Label id -> train id, restated from docs/DESIGN.md §5 (independent of the library's table).
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
                         24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 

@@ -106,7 +106,7 @@ def reference_edges(cell: MixedCell, channels: int, reduction: bool) -> dict[int
 
 
 def reference_cell(edges, num_blocks: int, multiplier: int, s0, s1, weights):
-    """REFERENCE.md section 1 written out: block i = sum over states j of sum_o w[(i, j), o] * op_o(state j)."""
+    """docs/DESIGN.md §1 written out: block i = sum over states j of sum_o w[(i, j), o] * op_o(state j)."""
     states = [s0, s1]
     for block in range(num_blocks):
         states.append(sum(weights[num_edges(block) + j, i] * op(h)

@@ -1,7 +1,7 @@
 """The decoded Auto-DeepLab network: official stem, one fixed cell per layer of a path, DeepLabv3+ head.
 
 Follows the official retrain code (tensorflow/models research/deeplab, ``hnasnet``;
-Auto-DeepLab §4.2 and docs/DESIGN.md §4):
+docs/DESIGN.md §4):
 
 - Stem: conv3x3/2 (64) - BN - ReLU - conv3x3 (64) - BN - ReLU - conv3x3/2 (128) - BN. The
   output of the second BN (stride 2) is the H^{l-2} input of the first cell; the stem output

@@ -1,6 +1,6 @@
 """The DARTS evaluation network for CIFAR-10, built from a discrete :class:`~autoseg.genotype.Genotype`.
 
-Same structure as the reference ``NetworkCIFAR`` (REFERENCE.md, section 2): a 3x3 conv stem
+Same structure as the reference ``NetworkCIFAR`` (docs/DESIGN.md §2): a 3x3 conv stem
 to ``3 C`` channels, ``layers`` cells with reduction cells at 1/3 and 2/3 of the depth
 (channels doubled), an optional auxiliary classifier after the second reduction cell, global
 average pooling and a linear classifier. All batch norms are affine. DARTS_V2 with C=36 and

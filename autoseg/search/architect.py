@@ -1,4 +1,4 @@
-"""Bilevel architecture updates: first-order and second-order DARTS (REFERENCE.md section 2).
+"""Bilevel architecture updates: first-order and second-order DARTS (docs/DESIGN.md §2).
 
 The architect owns the architecture optimiser (Adam on alpha, and beta for the trellis). A
 step computes grad_alpha of the validation loss and applies it:

@@ -9,7 +9,7 @@ The stacked batch is sample-major (sample ``n`` of group ``g`` at index ``n * G 
 free view turns it into ``N`` samples of ``G * C`` channels, which ``F.batch_norm`` handles
 in one call.
 
-The search cells' batch norms are affine-free (REFERENCE.md section 1). In training mode they
+The search cells' batch norms are affine-free (docs/DESIGN.md §1). In training mode they
 run through :class:`AffineFreeBatchNorm`, which keeps the normalised output for the backward
 pass instead of the input: the output is kept anyway by whatever follows (the mixed op's
 weighted sum needs it for the alpha gradient), so this saves one activation per batch norm

@@ -4,7 +4,7 @@ A mixed op is the softmax(alpha)-weighted sum of every candidate op on one edge.
 edges are organised by the state they leave: :class:`MixedEdges` holds the mixed ops of all
 edges leaving one state and runs each candidate op once for all of them (the wide ops of
 :mod:`autoseg.search.wide_ops`); :class:`MixedCell` wires those fan-outs into the DAG of
-REFERENCE.md section 1. The result is the same as one mixed op per edge.
+docs/DESIGN.md §1. The result is the same as one mixed op per edge.
 """
 from __future__ import annotations
 

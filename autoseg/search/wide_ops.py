@@ -13,7 +13,7 @@ the weights of all ``k`` edges and compute all of them in one go:
   the identity;
 - the ReLU that starts the conv ops is computed once per state (:class:`EdgeInput`).
 
-This is exactly the reference computation of ``k`` separate edges (REFERENCE.md section 1):
+This is exactly the reference computation of ``k`` separate edges (docs/DESIGN.md §1):
 same parameters, same outputs and gradients (checked against the per-edge ops of
 :mod:`autoseg.ops` in the tests). A wide op returns ``(N, k, C, H', W')``, or
 ``(N, 1, C, H', W')`` when every edge gets the same output.
