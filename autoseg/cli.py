@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from autoseg.config import load_config, override, save_config
+from autoseg.config import load_config, override, save_config, validate_config
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
 from autoseg.errors import UserError
@@ -57,13 +57,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_overrides(config: Any, args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
-    """Apply every flag of ``flags`` that was given; returns the dotted keys changed."""
+    """Apply every flag of ``flags`` that was given, then check the whole config (see
+    :func:`~autoseg.config.validate_config`); returns the dotted keys changed."""
     changed = []
     for dest, key in flags.items():
         value = getattr(args, dest, None)
         if value is not None:
             override(config, key, value)
             changed.append(key)
+    validate_config(config)
     return changed
 
 
