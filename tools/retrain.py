@@ -26,6 +26,7 @@ from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, ch
                          create_run_dir, default_config, resumed_config, run_tool)
 from autoseg.config import RetrainConfig, load_config  # noqa: E402
 from autoseg.data import dataset_num_classes  # noqa: E402
+from autoseg.data.check import require_valid_data  # noqa: E402
 from autoseg.engine import distributed  # noqa: E402
 from autoseg.engine.checkpoint import load_checkpoint, seed_everything  # noqa: E402
 from autoseg.engine.datasets import build_split  # noqa: E402
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     segmentation = meta["task"] == "segmentation"
     train_set = build_split(cfg.data, "train", augment=True, transform_kind="retrain" if segmentation else None)
     val_set = build_split(cfg.data, "val" if segmentation else "test", augment=False)
+    distributed.on_main(lambda: require_valid_data([train_set, val_set]))
     meta.update(class_names=list(train_set.class_names),
                 palette=train_set.palette.tolist() if segmentation else [])
     run = RetrainRun(cfg, model, meta, train_set, run_dir, device)

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,  # noqa: E402
                          create_run_dir, default_config, resumed_config, run_tool)
 from autoseg.config import SearchConfig, load_config  # noqa: E402
+from autoseg.data.check import require_valid_data  # noqa: E402
 from autoseg.engine import distributed  # noqa: E402
 from autoseg.engine.checkpoint import load_checkpoint, seed_everything  # noqa: E402
 from autoseg.engine.search_loop import SearchRun  # noqa: E402
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = distributed.on_main(lambda: choose_run_dir("search", cfg.data.dataset, args.out, args.resume))
     seed_everything(cfg.train.seed)
     data = build_search_data(cfg)
+    distributed.on_main(lambda: require_valid_data(data))
     run = SearchRun(cfg, build_search_task(cfg), data, run_dir, device)
     if args.resume:
         run.load_state_dict(load_checkpoint(run_dir))
