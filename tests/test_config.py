@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_tool
 
 from autoseg.config import (BOUNDS, DartsSearchModelConfig, RetrainConfig, SearchConfig, TrellisModelConfig,
                             load_config, override, validate_config)
@@ -159,10 +157,12 @@ def test_bad_flags_fail_before_anything_is_written(tool, tmp_path: Path, name: s
     assert not (tmp_path / "run").exists()
 
 
-def test_search_with_negative_epochs_exits_2_and_writes_nothing(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "search.py"), "--epochs", "-1"],
-                            capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: train.epochs must be at least 1, got -1")
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_search_with_negative_epochs_exits_2_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default run directory runs/search/... would go
+    search = load_tool("search")
+    with pytest.raises(SystemExit) as exited:
+        search.run_tool(search.main, ["--epochs", "-1"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.epochs must be at least 1, got -1") and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
