@@ -63,6 +63,7 @@ class FileLayout:
 
 
 def _folder_rule(num_classes: int | None) -> MaskRule:
+    """The folder loader's rule for mask ids: ``0..num_classes-1`` or 255."""
     classes = folder.checked_num_classes(num_classes)
     return lambda ids, path: folder.check_mask_ids(ids, classes, path)
 
