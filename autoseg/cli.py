@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from autoseg.config import load_config, override, save_config
+from autoseg.config import load_config, override, save_config, validate_config
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
 from autoseg.errors import UserError
@@ -60,13 +60,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_overrides(config: Any, args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
-    """Apply every flag of ``flags`` that was given; returns the dotted keys changed."""
+    """Apply every flag of ``flags`` that was given, then check the whole config (see
+    :func:`~autoseg.config.validate_config`); returns the dotted keys changed."""
     changed = []
     for dest, key in flags.items():
         value = getattr(args, dest, None)
         if value is not None:
             override(config, key, value)
             changed.append(key)
+    validate_config(config)
     return changed
 
 
@@ -137,6 +139,7 @@ TOOLS: dict[str, str] = {
     "predict": "segment images with a retrained model",
     "export": "export a retrained model to ONNX and check it with onnxruntime",
     "benchmark": "time and measure the search supernets",
+    "check_data": "check every image and mask of a dataset and list every problem",
 }
 """The tools ``autoseg`` runs, each a module of :mod:`autoseg.tools` with a ``main(argv)``."""
 

@@ -11,12 +11,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
 from autoseg.errors import UserError
-from autoseg.ops import PRIMITIVES
+from autoseg.ops import PRIMITIVES, check_primitives
 
 T = TypeVar("T")
 
@@ -174,6 +174,162 @@ class RetrainConfig:
     train: RetrainTrainConfig = field(default_factory=RetrainTrainConfig)
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting may take: between ``low`` and ``high`` (None: unbounded),
+    each end included unless marked open. ``None`` (an unset optional setting) is always allowed;
+    of a pair (``betas``, ``scale_range``) every entry is checked."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` (a number, a pair of numbers or None) lies within the bounds."""
+        if isinstance(value, (list, tuple)):
+            return all(self.admits(v) for v in value)
+        return value is None or not (
+            self.low is not None and (value < self.low or (self.low_open and value == self.low))
+            or self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'above' if self.low_open else 'at least'} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+_COUNT = Bounds(1)  # epochs, sizes, layers, ...: a positive whole number
+_NON_NEGATIVE = Bounds(0)
+_POSITIVE = Bounds(0, low_open=True)
+_FRACTION = Bounds(0, 1, high_open=True)  # momentum, Adam betas, drop-path probability
+_SEED = Bounds(0, 2**32 - 1)  # what numpy.random.seed accepts
+
+BOUNDS: dict[type, dict[str, Bounds]] = {
+    DataConfig: {"num_classes": _COUNT, "batch_size": _COUNT, "crop_size": _COUNT, "scale": Bounds(0, 1, low_open=True),
+                 "image_size": _COUNT, "train_length": _COUNT, "val_length": _COUNT, "num_workers": _NON_NEGATIVE,
+                 "eval_batch_size": _COUNT, "max_eval_batches": _COUNT, "scale_range": _POSITIVE,
+                 "cutout": _NON_NEGATIVE},
+    OptimizerConfig: {"lr": _POSITIVE, "lr_min": _NON_NEGATIVE, "momentum": _FRACTION, "weight_decay": _NON_NEGATIVE,
+                      "grad_clip": _POSITIVE},
+    ArchOptimizerConfig: {"lr": _POSITIVE, "betas": _FRACTION, "weight_decay": _NON_NEGATIVE},
+    DartsSearchModelConfig: {"init_channels": _COUNT, "layers": _COUNT, "blocks": _COUNT, "multiplier": _COUNT,
+                             "stem_multiplier": _COUNT},
+    TrellisModelConfig: {"layers": _COUNT, "levels": _COUNT, "blocks": _COUNT, "filter_multiplier": _COUNT,
+                         "aspp_base_rate": _COUNT, "aspp_channels": _COUNT},
+    TrainConfig: {"epochs": _COUNT, "warmup_epochs": _NON_NEGATIVE, "max_steps": _COUNT, "seed": _SEED,
+                  "log_every": _COUNT},
+    RetrainModelConfig: {"filter_multiplier": _COUNT, "bn_momentum": Bounds(0, 1, low_open=True),
+                         "init_channels": _COUNT, "layers": _COUNT, "auxiliary_weight": _NON_NEGATIVE,
+                         "drop_path_prob": _FRACTION},
+    RetrainOptimizerConfig: {"lr": _POSITIVE, "momentum": _FRACTION, "weight_decay": _NON_NEGATIVE,
+                             "poly_power": _POSITIVE, "lr_min": _NON_NEGATIVE, "grad_clip": _POSITIVE},
+    RetrainTrainConfig: {"epochs": _COUNT, "iterations": _COUNT, "max_steps": _COUNT, "eval_every": _COUNT,
+                         "seed": _SEED, "log_every": _COUNT},
+}
+"""The range of every numeric setting, per config section (checked by :func:`validate_config`)."""
+
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("poly", "cosine")
+
+
+def _crop_fits_image(data: DataConfig, at: str) -> str | None:
+    if data.crop_size is not None and data.image_size is not None and data.crop_size > data.image_size:
+        return (f"{at}crop_size ({data.crop_size}) is larger than {at}image_size ({data.image_size}): lower "
+                "crop_size or raise image_size")
+    return None
+
+
+def _scale_range_ordered(data: DataConfig, at: str) -> str | None:
+    if data.scale_range is not None and data.scale_range[0] > data.scale_range[1]:
+        return f"{at}scale_range must be [low, high] with low <= high, got {list(data.scale_range)}: e.g. [0.5, 2.0]"
+    return None
+
+
+def _lr_min_below_lr(optimizer: OptimizerConfig | RetrainOptimizerConfig, at: str) -> str | None:
+    if optimizer.lr_min > optimizer.lr:
+        return (f"{at}lr_min ({optimizer.lr_min:g}) is above {at}lr ({optimizer.lr:g}): the schedule decays from lr "
+                "down to lr_min, lower lr_min")
+    return None
+
+
+def _known_schedule(optimizer: RetrainOptimizerConfig, at: str) -> str | None:
+    if optimizer.schedule not in SCHEDULES:
+        return f"{at}schedule must be one of {', '.join(SCHEDULES)}, got {optimizer.schedule!r}"
+    return None
+
+
+def _known_primitives(model: DartsSearchModelConfig | TrellisModelConfig, at: str) -> str | None:
+    try:
+        check_primitives(model.primitives)
+    except ValueError as exc:
+        return f"{at}primitives: {exc}; list each op once, by its registered name"
+    if not set(model.primitives) - {"none"}:
+        return (f"{at}primitives has no op other than 'none' ({model.primitives}): add at least one real op, "
+                "e.g. sep_conv_3x3")
+    return None
+
+
+def _multiplier_within_blocks(model: DartsSearchModelConfig, at: str) -> str | None:
+    if model.multiplier > model.blocks:
+        return (f"{at}multiplier ({model.multiplier}) is above {at}blocks ({model.blocks}): the cell output "
+                "concatenates the last `multiplier` block states, so lower it")
+    return None
+
+
+def _warmup_below_epochs(train: TrainConfig, at: str) -> str | None:
+    if train.warmup_epochs >= train.epochs:
+        return (f"{at}warmup_epochs ({train.warmup_epochs}) must be below {at}epochs ({train.epochs}): the search "
+                "needs at least one epoch that updates the architecture, lower warmup_epochs or raise epochs")
+    return None
+
+
+def _known_device(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    if train.device not in DEVICES:
+        return f"{at}device must be one of {', '.join(DEVICES)}, got {train.device!r}"
+    return None
+
+
+RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
+    DataConfig: (_crop_fits_image, _scale_range_ordered),
+    OptimizerConfig: (_lr_min_below_lr,),
+    RetrainOptimizerConfig: (_lr_min_below_lr, _known_schedule),
+    DartsSearchModelConfig: (_known_primitives, _multiplier_within_blocks),
+    TrellisModelConfig: (_known_primitives,),
+    TrainConfig: (_warmup_below_epochs, _known_device),
+    RetrainTrainConfig: (_known_device,),
+}
+"""The rules that tie a setting to another one or to a list of names, per config section; each
+returns what is wrong (naming the keys under the section's prefix) or None. They run once the
+section's settings are within their :data:`BOUNDS`."""
+
+
+def config_problems(config: Any, where: str | None = None) -> list[str]:
+    """Every setting of ``config`` (a config dataclass, its sections included) that is out of range
+    or contradicts another, one message each naming the dotted key (under the prefix ``where``)."""
+    at = f"{where}." if where else ""
+    problems, sections = [], []
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        bounds = BOUNDS.get(type(config), {}).get(item.name)
+        if dataclasses.is_dataclass(value):
+            sections.append((value, f"{at}{item.name}"))
+        elif bounds is not None and not bounds.admits(value):
+            problems.append(f"{at}{item.name} must be {bounds}, got {value!r}")
+    if not problems:
+        problems = [problem for rule in RELATIONS.get(type(config), ()) if (problem := rule(config, at))]
+    for section, key in sections:
+        problems += config_problems(section, key)
+    return problems
+
+
+def validate_config(config: Any, where: str | None = None) -> None:
+    """Raise one UserError listing every bad setting of ``config`` (see :func:`config_problems`)."""
+    problems = config_problems(config, where)
+    if problems:
+        raise UserError(f"{'; '.join(problems)} (fix the config file or the matching command-line flag)")
+
+
 def _check_value(value: Any, hint: Any, where: str) -> Any:
     """Coerce ``value`` to the annotated type ``hint`` or raise a UserError naming ``where``."""
     origin = typing.get_origin(hint)
@@ -255,7 +411,9 @@ def load_config(path: str | Path, cls: type[T]) -> T:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    return from_dict(cls, data, where=path.name)
+    config = from_dict(cls, data, where=path.name)
+    validate_config(config, where=path.name)
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -8,3 +8,13 @@ class UserError(Exception):
     ``error: <message>`` to stderr and exit with status 2; the library raises it and never
     prints.
     """
+
+
+def problems_error(problems: list[str], context: str, shown: int = 3) -> UserError:
+    """One UserError for a non-empty list of problems: the problem itself when there is one, else
+    ``"<count> problems <context>: <the first shown>; and <n> more"``."""
+    if len(problems) == 1:
+        return UserError(problems[0])
+    rest = len(problems) - shown
+    return UserError(f"{len(problems)} problems {context}: {'; '.join(problems[:shown])}"
+                     + (f"; and {rest} more" if rest > 0 else ""))

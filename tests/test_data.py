@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from autoseg.data import build_dataset, dataset_num_classes, list_datasets, split_in_halves
 from autoseg.data.cifar10 import CIFAR_MEAN, CIFAR_STD, Cutout
-from autoseg.data.folder import check_folder_dataset
+from autoseg.data.check import check_split
 from autoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, search_transform
 from autoseg.errors import UserError
 
@@ -145,7 +145,7 @@ def test_cityscapes_errors_name_what_is_missing(
 
 def test_folder_loads_pairs_exactly(tmp_path: Path) -> None:
     stems = write_fake_folder(tmp_path, num_classes=4)
-    check_folder_dataset(tmp_path, "train", 4)
+    assert check_split("folder", tmp_path, "train", 4).problems == []
     dataset = build_dataset("folder", str(tmp_path), "train", augment=False, num_classes=4)
     assert [image.stem for image, _ in dataset.samples] == stems["train"]
     assert dataset.class_names == ["class_0", "class_1", "class_2", "class_3"]
@@ -165,7 +165,8 @@ def test_folder_reports_unmatched_stems_both_ways(tmp_path: Path) -> None:
     masks = tmp_path / "train" / "masks"
     (masks / "train_000.png").unlink()
     Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(masks / "orphan.png")
-    with pytest.raises(UserError, match="images without a mask: train_000.png; masks without an image: orphan.png"):
+    with pytest.raises(UserError, match=r"2 problems in .*train \(autoseg check_data lists them all\): image "
+                                         r".*train_000.png has no mask .*; mask .*orphan.png has no image"):
         build_dataset("folder", str(tmp_path), "train", num_classes=3, crop_size=8)
 
 
@@ -193,8 +194,7 @@ def test_folder_rejects_bad_masks_when_loading_and_checking(tmp_path: Path, bad_
     with pytest.raises(UserError, match=message) as raised:
         dataset[1]
     assert str(path) in str(raised.value)
-    with pytest.raises(UserError, match=message):
-        check_folder_dataset(tmp_path, "train", 3)
+    assert check_split("folder", tmp_path, "train", 3).problems == [str(raised.value)]  # the check says the same
 
 
 def test_folder_needs_num_classes_and_its_folders(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "dataset_task",
     "list_datasets",
     "register_dataset",
+    "registered_name",
     "sample_seed",
     "split_in_halves",
 ]
@@ -62,6 +63,11 @@ def register_dataset(name: str) -> Callable[[DatasetClass], DatasetClass]:
 def list_datasets() -> list[str]:
     """Names of all registered datasets, sorted."""
     return sorted(_REGISTRY)
+
+
+def registered_name(dataset_cls: type) -> str | None:
+    """The name ``dataset_cls`` is registered under, or None for a class that is not registered."""
+    return next((name for name, cls in _REGISTRY.items() if cls is dataset_cls), None)
 
 
 # Settings of the whole run rather than of one dataset: passed to the datasets whose

@@ -70,6 +70,21 @@ def _label_to_train_id_table() -> np.ndarray:
 
 LABEL_TO_TRAIN_ID: np.ndarray = _label_to_train_id_table()
 
+LABEL_IDS = (*range(34), IGNORE_INDEX)
+"""The label ids of the official labelIds images: 0..33, and -1 (license plate) stored as 255."""
+_IS_LABEL_ID = np.isin(np.arange(256), LABEL_IDS)
+
+
+def check_label_ids(label_ids: np.ndarray, path: Path) -> None:
+    """Raise unless ``label_ids`` (a labelIds image, or an array of the ids it holds) is 8-bit and
+    holds official Cityscapes label ids only (:data:`LABEL_IDS`)."""
+    if label_ids.dtype != np.uint8:
+        raise UserError(f"{path} is not an 8-bit label-id image: use the official *{_LABEL_SUFFIX} files")
+    if not _IS_LABEL_ID[label_ids].all():
+        unknown = np.unique(label_ids[~_IS_LABEL_ID[label_ids]]).tolist()
+        raise UserError(f"{path} holds label id(s) {unknown} that Cityscapes does not define (0..33, 255): use the "
+                        f"official *{_LABEL_SUFFIX} files")
+
 
 def _existing_folder(path: Path) -> Path:
     """Return ``path`` if it is a folder, else raise saying how to obtain the data."""
@@ -78,8 +93,9 @@ def _existing_folder(path: Path) -> Path:
     return path
 
 
-def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
-    """(image, labelIds) paths of ``split``, sorted; raises if a folder or a label file is missing."""
+def match_pairs(root: str | Path | None, split: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, labelIds) paths of ``split`` sorted, and one problem per image without its label
+    file; raises if a folder is missing or holds no images."""
     if root is None:
         raise UserError(f"the cityscapes dataset needs a root folder. {_HOW_TO_GET}")
     root = _existing_folder(Path(root))
@@ -91,11 +107,16 @@ def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
     pairs = [
         (image, label_dir / image.parent.name / image.name.replace(_IMAGE_SUFFIX, _LABEL_SUFFIX)) for image in images
     ]
-    missing = [label for _, label in pairs if not label.is_file()]
-    if missing:
-        raise UserError(
-            f"{len(missing)} image(s) in {image_dir} have no label file, e.g. {missing[0]} is missing. {_HOW_TO_GET}"
-        )
+    problems = [f"{label} is missing (the label file of {image})" for image, label in pairs if not label.is_file()]
+    return [(image, label) for image, label in pairs if label.is_file()], problems
+
+
+def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
+    """(image, labelIds) paths of ``split``, sorted; raises if a folder or a label file is missing."""
+    pairs, problems = match_pairs(root, split)
+    if problems:
+        raise UserError(f"{len(problems)} image(s) in {Path(root) / 'leftImg8bit' / split} have no label file, e.g. "
+                        f"{problems[0]}. {_HOW_TO_GET}")
     return pairs
 
 
@@ -123,6 +144,7 @@ class CityscapesDataset(SegmentationDataset):
         scale_range: tuple[float, float] = (0.5, 2.0),
     ) -> None:
         self.samples = find_pairs(root, split)
+        self.root, self.split = Path(root), split
         if crop_size is None:
             crop_size = RETRAIN_CROP_SIZE if transform_kind == "retrain" else SEARCH_CROP_SIZE
         super().__init__(build_transform(augment, transform_kind, crop_size, scale, scale_range))
@@ -136,7 +158,6 @@ class CityscapesDataset(SegmentationDataset):
         image_path, label_path = self.samples[index]
         image = read_image(image_path)
         label_ids = read_mask(label_path)
-        check_same_size(image.shape[:2], label_ids, image_path, label_path)
-        if label_ids.dtype != np.uint8:
-            raise UserError(f"{label_path} is not an 8-bit label-id image: use the official *{_LABEL_SUFFIX} files")
+        check_same_size(image.shape[:2], label_ids.shape, image_path, label_path)
+        check_label_ids(label_ids, label_path)
         return image, LABEL_TO_TRAIN_ID[label_ids]

@@ -7,8 +7,8 @@ Layout::
     ROOT/val/...                     (same)
 
 Every image needs a mask with the same stem. The pairing is checked when the dataset is
-built; sizes, channels and class ids when a sample is loaded (or all at once, before a long
-run, with ``check_folder_dataset``). Bad data raises ``UserError``; nothing is skipped.
+built; sizes, channels and class ids when a sample is loaded (and all at once, before a long
+run, by :mod:`autoseg.data.check`). Bad data raises ``UserError``; nothing is skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image
 
 from autoseg.data import SegmentationDataset, register_dataset
 from autoseg.data.transforms import IGNORE_INDEX, build_transform
-from autoseg.errors import UserError
+from autoseg.errors import UserError, problems_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (".png",)
@@ -57,17 +57,18 @@ def read_mask(path: Path) -> np.ndarray:
     return mask
 
 
-def check_same_size(image_hw: tuple[int, int], mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
-    """Raise if the mask does not cover the image pixel for pixel."""
-    if tuple(mask.shape) != tuple(image_hw):
+def check_same_size(image_hw: tuple[int, int], mask_hw: tuple[int, int], image_path: Path, mask_path: Path) -> None:
+    """Raise if the mask (``mask_hw``: its height and width) does not cover the image pixel for pixel."""
+    if tuple(mask_hw) != tuple(image_hw):
         raise UserError(
-            f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} (HxW) but image {image_path} is "
+            f"mask {mask_path} is {mask_hw[0]}x{mask_hw[1]} (HxW) but image {image_path} is "
             f"{image_hw[0]}x{image_hw[1]}: masks must have exactly the size of their image"
         )
 
 
 def check_mask_ids(mask: np.ndarray, num_classes: int, mask_path: Path) -> None:
-    """Raise if the mask holds ids other than ``0..num_classes-1`` and 255 (ignore)."""
+    """Raise if the mask (or an array of the ids it holds) has ids other than ``0..num_classes-1``
+    and 255 (ignore)."""
     invalid = ((mask < 0) | (mask >= num_classes)) & (mask != IGNORE_INDEX)
     if invalid.any():
         bad = np.unique(mask[invalid]).tolist()
@@ -81,74 +82,62 @@ def load_checked_pair(image_path: Path, mask_path: Path, num_classes: int) -> tu
     """Load an image and its mask, validate them, and return (RGB uint8 image, uint8 mask)."""
     image = read_image(image_path)
     mask = read_mask(mask_path)
-    check_same_size(image.shape[:2], mask, image_path, mask_path)
+    check_same_size(image.shape[:2], mask.shape, image_path, mask_path)
     check_mask_ids(mask, num_classes, mask_path)
     return image, mask.astype(np.uint8)
 
 
-def _index_folder(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
-    """Map file stem -> path for the files of ``folder``; hidden files are skipped."""
+def _index_folder(folder: Path, suffixes: tuple[str, ...], what: str) -> tuple[dict[str, Path], list[str]]:
+    """Map file stem -> path for the files of ``folder`` (hidden files are skipped), and the
+    problems found: files of another type, two files sharing a stem."""
     if not folder.is_dir():
         raise UserError(f"folder {folder} not found: put the {what} there (see the folder dataset layout)")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    unsupported = [p.name for p in files if p.suffix.lower() not in suffixes]
-    if unsupported:
-        raise UserError(f"unsupported file(s) in {folder}: {_few(unsupported)}; {what} must be {'/'.join(suffixes)}")
+    problems = [f"unsupported file {p} in the {what}: {what} must be {'/'.join(suffixes)}"
+                for p in files if p.suffix.lower() not in suffixes]
     index: dict[str, Path] = {}
     for path in files:
+        if path.suffix.lower() not in suffixes:
+            continue
         if path.stem in index:
-            raise UserError(f"{index[path.stem].name} and {path.name} in {folder} share a stem: keep one of them")
+            problems.append(f"{index[path.stem].name} and {path.name} in {folder} share a stem: keep one of them")
         index[path.stem] = path
-    return index
+    return index, problems
 
 
-def list_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
-    """(image, mask) paths of ``ROOT/split``, sorted by stem; raises if any file lacks its partner."""
+def match_pairs(root: str | Path, split: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, mask) paths of ``ROOT/split`` sorted by stem, and one problem per file that cannot
+    be paired (no partner, unsupported type, shared stem); raises if a folder is missing or empty."""
     split_dir = Path(root) / split
     if not split_dir.is_dir():
         raise UserError(f"split folder {split_dir} not found: create {split_dir}/images and {split_dir}/masks")
-    images = _index_folder(split_dir / "images", IMAGE_SUFFIXES, "images")
-    masks = _index_folder(split_dir / "masks", MASK_SUFFIXES, "masks")
-    without_mask = sorted(images.keys() - masks.keys())
-    without_image = sorted(masks.keys() - images.keys())
-    if without_mask or without_image:
-        problems = []
-        if without_mask:
-            problems.append(f"images without a mask: {_few([images[s].name for s in without_mask])}")
-        if without_image:
-            problems.append(f"masks without an image: {_few([masks[s].name for s in without_image])}")
-        raise UserError(f"{split_dir}: {'; '.join(problems)}: every image needs a mask PNG with the same file stem")
-    if not images:
+    images, image_problems = _index_folder(split_dir / "images", IMAGE_SUFFIXES, "images")
+    masks, mask_problems = _index_folder(split_dir / "masks", MASK_SUFFIXES, "masks")
+    if not images and not image_problems:
         raise UserError(f"no images in {split_dir / 'images'}: add images and masks or point root elsewhere")
-    return [(images[stem], masks[stem]) for stem in sorted(images)]
+    problems = image_problems + mask_problems
+    problems += [f"image {images[stem]} has no mask {split_dir / 'masks' / stem}.png: every image needs a mask PNG "
+                 "with the same file stem" for stem in sorted(images.keys() - masks.keys())]
+    problems += [f"mask {masks[stem]} has no image of the same stem in {split_dir / 'images'}: add the image or "
+                 "remove the mask" for stem in sorted(masks.keys() - images.keys())]
+    return [(images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())], problems
 
 
-def _checked_num_classes(num_classes: int | None) -> int:
+def list_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of ``ROOT/split``, sorted by stem; raises if any file cannot be paired."""
+    pairs, problems = match_pairs(root, split)
+    if problems:
+        raise problems_error(problems, f"in {Path(root) / split} (autoseg check_data lists them all)")
+    return pairs
+
+
+def checked_num_classes(num_classes: int | None) -> int:
     """Validate the user's class count: required, and ids must fit below the ignore id 255."""
     if num_classes is None:
         raise UserError("the folder dataset needs num_classes: set it in the config or pass --num-classes")
     if not 1 <= num_classes <= IGNORE_INDEX:
         raise UserError(f"num_classes must be between 1 and {IGNORE_INDEX} (255 is the ignore id), got {num_classes}")
     return num_classes
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header without decoding the pixels."""
-    try:
-        with Image.open(path) as stored:
-            width, height = stored.size
-    except OSError as error:
-        raise UserError(f"cannot read image {path} ({error}): replace it with a valid png/jpg/bmp/tif file") from error
-    return height, width
-
-
-def check_folder_dataset(root: str | Path, split: str, num_classes: int) -> None:
-    """Validate every pair of ``ROOT/split`` up front: pairing, mask channels, sizes and ids."""
-    num_classes = _checked_num_classes(num_classes)
-    for image_path, mask_path in list_pairs(root, split):
-        mask = read_mask(mask_path)
-        check_same_size(_image_size(image_path), mask, image_path, mask_path)
-        check_mask_ids(mask, num_classes, mask_path)
 
 
 def generate_palette(num_classes: int) -> np.ndarray:
@@ -186,13 +175,14 @@ class FolderDataset(SegmentationDataset):
                 "the folder dataset needs a root: give the folder that holds train/ and val/ "
                 "(each with images/ and masks/)"
             )
-        self.num_classes = _checked_num_classes(num_classes)
+        self.num_classes = checked_num_classes(num_classes)
         if class_names is not None and len(class_names) != self.num_classes:
             raise UserError(
                 f"{len(class_names)} class_names given for num_classes={self.num_classes}: give one name per class"
             )
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(self.num_classes)]
         self.palette = generate_palette(self.num_classes)
+        self.root, self.split = Path(root), split
         self.samples = list_pairs(root, split)
         super().__init__(build_transform(augment, transform_kind, crop_size, scale, scale_range))
 

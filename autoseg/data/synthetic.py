@@ -292,6 +292,9 @@ class SyntheticStreetDataset(SegmentationDataset):
             raise UserError(f"length must be at least 1, got {self.length}")
         self.split, self.seed = split, seed
         crop_size = min(self.height, self.width) if crop_size is None else crop_size
+        if augment and crop_size > min(self.height, self.width):
+            raise UserError(f"crop_size {crop_size} is larger than the {self.height}x{self.width} synthetic scenes: "
+                            "lower crop_size or raise image_size")
         super().__init__(build_transform(augment, transform_kind, crop_size, scale, scale_range))
 
     def __len__(self) -> int:

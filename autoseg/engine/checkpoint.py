@@ -1,7 +1,9 @@
 """Run directories, atomic checkpoints and RNG state, so that a killed run resumes."""
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,34 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint file, or ``checkpoint.pt`` inside a run directory."""
+    """Load a checkpoint file, or ``checkpoint.pt`` inside a run directory.
+
+    Only tensors and plain Python data are unpickled (``torch.load(weights_only=True)``): a file
+    that needs anything else, which could run code when loaded, is refused with a UserError.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; pass a run directory of a finished epoch or a .pt file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise UserError(f"{path} is not a readable autoseg checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise _unloadable(path, exc) from None
+
+
+def _unloadable(path: Path, exc: Exception) -> UserError:
+    """The one-line error for a checkpoint that did not load; one that needs more than tensors and
+    plain data (a pickled global, which could run code) is refused as unsafe."""
+    text = str(exc)
+    needed = re.search(r"GLOBAL (\S+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and needed:
+        return UserError(f"refused to load {path}: it needs {needed.group(1)}, and loading it could run arbitrary "
+                         "code (autoseg checkpoints hold only tensors and plain data); use only checkpoints "
+                         "written by autoseg, or by a source you trust")
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = unpickler.group(1) if unpickler else (text.splitlines() or [""])[0]
+    return UserError(f"{path} is not a readable autoseg checkpoint ({type(exc).__name__}: {reason.strip()})")
 
 
 def check_run_dir(out: str | Path, resume: bool) -> Path:
@@ -48,7 +68,9 @@ def check_run_dir(out: str | Path, resume: bool) -> Path:
 
 def rng_state() -> dict[str, Any]:
     """The state of every random number generator the loops use."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    numpy_state = np.random.get_state(legacy=False)  # stored as plain data, which loads under weights_only
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -23,6 +23,7 @@ from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, ch
                          create_run_dir, default_config, resumed_config)
 from autoseg.config import RetrainConfig, load_config
 from autoseg.data import dataset_eval_split
+from autoseg.data.check import require_valid_data
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import load_checkpoint, seed_everything
 from autoseg.engine.datasets import build_split
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, spec = build(cfg, task)
     train_set = build_split(cfg.data, "train", augment=True, transform_kind="retrain" if task.segmentation else None)
     val_set = build_split(cfg.data, dataset_eval_split(cfg.data.dataset), augment=False)
+    distributed.on_main(lambda: require_valid_data([train_set, val_set]))
     meta = TrainedModelMeta(task.kind, cfg.data.dataset, task.num_classes, spec, list(train_set.class_names),
                             train_set.palette.tolist() if task.segmentation else [])
     run = RetrainRun(cfg, model, meta, task, train_set, val_set, run_dir, device)

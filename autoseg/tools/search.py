@@ -14,6 +14,7 @@ import json
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
                          create_run_dir, default_config, resumed_config)
 from autoseg.config import SearchConfig, load_config
+from autoseg.data.check import require_valid_data
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import load_checkpoint, seed_everything
 from autoseg.engine.search_loop import SearchRun
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = distributed.on_main(lambda: choose_run_dir("search", cfg.data.dataset, args.out, args.resume))
     seed_everything(cfg.train.seed)
     data = build_search_data(cfg)
+    distributed.on_main(lambda: require_valid_data(data))
     run = SearchRun(cfg, build_search_network(cfg, task.num_classes), task, data, run_dir, device)
     if args.resume:
         run.load_state_dict(load_checkpoint(run_dir))
