@@ -177,6 +177,11 @@ class SegmentationDataset(Dataset, abc.ABC):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``index`` as an RGB uint8 ``HxWx3`` image and a uint8 ``HxW`` train-id mask."""
 
+    def load_mask(self, index: int) -> np.ndarray:
+        """The uint8 ``HxW`` train-id mask of sample ``index``, without augmentation (datasets
+        that can read a mask without its image override this)."""
+        return self.load(index)[1]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (float32 3xHxW normalised image, int64 HxW mask with 255 = ignore)."""
         if not 0 <= index < len(self):

@@ -71,6 +71,30 @@ def _label_to_train_id_table() -> np.ndarray:
 LABEL_TO_TRAIN_ID: np.ndarray = _label_to_train_id_table()
 
 
+def _train_to_label_id_table() -> np.ndarray:
+    """Train id (0..18) -> label id: the inverse of ``LABEL_TO_TRAIN_ID`` on the evaluated classes."""
+    table = np.zeros(len(_TRAIN_CLASSES), dtype=np.uint8)
+    for label_id, (train_id, _, _) in _TRAIN_CLASSES.items():
+        table[train_id] = label_id
+    return table
+
+
+TRAIN_ID_TO_LABEL_ID: np.ndarray = _train_to_label_id_table()
+"""What the Cityscapes benchmark server expects in a submitted prediction instead of train ids."""
+
+
+def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
+    """Map an array of predicted train ids (0..18) to Cityscapes label ids (uint8).
+
+    Raises:
+        ValueError: an id is outside 0..18 (the ignore id 255 is never a prediction).
+    """
+    if train_ids.size and (train_ids.min() < 0 or train_ids.max() >= len(TRAIN_ID_TO_LABEL_ID)):
+        raise ValueError(f"Cityscapes train ids are 0..{len(TRAIN_ID_TO_LABEL_ID) - 1}, got "
+                         f"{train_ids.min()}..{train_ids.max()}")
+    return TRAIN_ID_TO_LABEL_ID[train_ids]
+
+
 def _existing_folder(path: Path) -> Path:
     """Return ``path`` if it is a folder, else raise saying how to obtain the data."""
     if not path.is_dir():
@@ -135,8 +159,14 @@ class CityscapesDataset(SegmentationDataset):
         """RGB image and its train-id mask (label ids mapped through ``LABEL_TO_TRAIN_ID``)."""
         image_path, label_path = self.samples[index]
         image = read_image(image_path)
+        train_ids = self.load_mask(index)
+        check_same_size(image.shape[:2], train_ids, image_path, label_path)
+        return image, train_ids
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The train-id mask alone (label ids mapped through ``LABEL_TO_TRAIN_ID``)."""
+        label_path = self.samples[index][1]
         label_ids = read_mask(label_path)
-        check_same_size(image.shape[:2], label_ids, image_path, label_path)
         if label_ids.dtype != np.uint8:
             raise UserError(f"{label_path} is not an 8-bit label-id image: use the official *{_LABEL_SUFFIX} files")
-        return image, LABEL_TO_TRAIN_ID[label_ids]
+        return LABEL_TO_TRAIN_ID[label_ids]

@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from autoseg.engine.distributed import is_main, sum_over_processes
+from autoseg.inference import InferenceProtocol
 from autoseg.metrics import ConfusionMeter
 
 
@@ -44,26 +44,25 @@ def evaluate_classification(model: nn.Module, loader: DataLoader, device: torch.
 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, loader: DataLoader, device: torch.device, criterion: Callable,
-                          num_classes: int, amp: bool = False, input_scale: float = 1.0) -> dict:
+                          num_classes: int, amp: bool = False, input_scale: float = 1.0,
+                          protocol: InferenceProtocol = InferenceProtocol()) -> dict:
     """Mean loss, mIoU and pixel accuracy (in %), and the per-class IoU over ``loader`` (over
     every process's loader in a run of several processes).
 
     With ``input_scale`` the model sees each image resized by that factor (the scale it was
     trained at, e.g. 0.5 for a search on half-resolution Cityscapes) and its logits are
-    resized back, so the metrics are always computed on the full-size masks.
+    resized back, so the metrics are always computed on the full-size masks. ``protocol`` adds
+    multi-scale, flipped or sliding-window inference (its scales multiply ``input_scale``); the
+    default is plain inference.
     """
     model.eval()
     meter = ConfusionMeter(num_classes)
     total_loss, batches = 0.0, 0
+    protocol = protocol.at_scale(input_scale)
     for images, masks in _progress(loader):
         images, masks = images.to(device), masks.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if input_scale == 1.0:
-                logits = _logits(model(images)).float()
-            else:
-                small = F.interpolate(images, scale_factor=input_scale, mode="bilinear", align_corners=False)
-                logits = F.interpolate(_logits(model(small)).float(), size=masks.shape[-2:], mode="bilinear",
-                                       align_corners=False)
+            logits = protocol.logits(model, images)
         total_loss += criterion(logits, masks).item()
         batches += 1
         meter.update(logits, masks)

@@ -27,6 +27,7 @@ from autoseg.engine.distributed import (broadcast_buffers, data_parallel, is_dis
 from autoseg.engine.epoch_data import check_segmentation_batch_size, epoch_batches, evaluation_batches, set_epoch
 from autoseg.engine.evaluation import evaluate_classification, evaluate_segmentation
 from autoseg.errors import UserError
+from autoseg.losses import training_criterion
 
 BEST_NAME = "best.pt"
 
@@ -62,7 +63,7 @@ class RetrainRun:
                                                                         eta_min=o.lr_min)
         else:
             raise UserError(f"optimizer.schedule must be poly or cosine, got {o.schedule!r}")
-        self.criterion = nn.CrossEntropyLoss(ignore_index=255) if self.segmentation else nn.CrossEntropyLoss()
+        self.criterion = training_criterion(cfg.loss, meta["task"], train_set, meta["num_classes"], run_dir).to(device)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"metric": self.metric, "value": None, "epoch": None}
