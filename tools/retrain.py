@@ -9,7 +9,8 @@
 
 The default config follows the dataset: cifar10 -> configs/retrain/cifar10_darts.yaml (the
 DARTS protocol), cityscapes and folder -> configs/retrain/cityscapes_autodeeplab.yaml (the
-Auto-DeepLab protocol), synthetic -> configs/retrain/synthetic.yaml. The run directory gets checkpoint.pt
+Auto-DeepLab protocol), voc and voc_aug -> configs/retrain/voc.yaml, ade20k ->
+configs/retrain/ade20k.yaml, synthetic -> configs/retrain/synthetic.yaml. The run directory gets checkpoint.pt
 (last), best.pt (best validation metric), config.yaml and TensorBoard logs.
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ from autoseg.models.spec import build_model, model_spec  # noqa: E402
 RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
                  "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr"}
 DEFAULT_CONFIGS = {"cityscapes": "cityscapes_autodeeplab", "folder": "cityscapes_autodeeplab",
-                   "cifar10": "cifar10_darts", "synthetic": "synthetic"}
+                   "cifar10": "cifar10_darts", "synthetic": "synthetic", "voc": "voc", "voc_aug": "voc",
+                   "ade20k": "ade20k"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

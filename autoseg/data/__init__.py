@@ -1,7 +1,8 @@
 """Datasets: one registry, one factory, and the contract every segmentation dataset keeps.
 
 Built-in datasets: ``synthetic`` (generated street scenes, the default; no files needed),
-``cityscapes``, ``folder`` (your own images and masks) and ``cifar10`` (DARTS cell search).
+``cityscapes``, ``voc`` and ``voc_aug`` (PASCAL VOC 2012, official or SBD-augmented train set),
+``ade20k``, ``folder`` (your own images and masks) and ``cifar10`` (DARTS cell search).
 
 A segmentation dataset returns ``(image, mask)``: a float32 ``3xHxW`` tensor normalised
 with the ImageNet mean and std, and an int64 ``HxW`` tensor of train ids where 255 means
@@ -194,4 +195,4 @@ class SegmentationDataset(Dataset, abc.ABC):
 
 # The built-in datasets register themselves with the decorator above, so they are imported
 # after it is defined.
-from autoseg.data import cifar10, cityscapes, folder, synthetic  # noqa: E402,F401
+from autoseg.data import ade20k, cifar10, cityscapes, folder, synthetic, voc  # noqa: E402,F401

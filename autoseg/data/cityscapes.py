@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.data import SegmentationDataset, register_dataset
-from autoseg.data.folder import check_same_size, read_image, read_mask
-from autoseg.data.transforms import IGNORE_INDEX, build_transform
+from autoseg.data import register_dataset
+from autoseg.data.file_pairs import FilePairsDataset
+from autoseg.data.folder import read_mask
+from autoseg.data.transforms import IGNORE_INDEX
 from autoseg.errors import UserError
 
 SEARCH_CROP_SIZE = 321
@@ -124,7 +125,7 @@ def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
 
 
 @register_dataset("cityscapes")
-class CityscapesDataset(SegmentationDataset):
+class CityscapesDataset(FilePairsDataset):
     """Cityscapes fine annotations with the 19 train ids (255 = ignore).
 
     ``crop_size`` defaults to the paper's 321 (search) or 769 (retrain); ``scale`` is the
@@ -135,36 +136,13 @@ class CityscapesDataset(SegmentationDataset):
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
     palette = PALETTE
-
-    def __init__(
-        self,
-        root: str | Path | None,
-        split: str,
-        augment: bool = True,
-        crop_size: int | None = None,
-        transform_kind: str | None = None,
-        scale: float = 0.5,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-    ) -> None:
-        self.samples = find_pairs(root, split)
-        if crop_size is None:
-            crop_size = RETRAIN_CROP_SIZE if transform_kind == "retrain" else SEARCH_CROP_SIZE
-        super().__init__(build_transform(augment, transform_kind, crop_size, scale, scale_range))
-
-    def __len__(self) -> int:
-        """Number of images in the split."""
-        return len(self.samples)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """RGB image and its train-id mask (label ids mapped through ``LABEL_TO_TRAIN_ID``)."""
-        image_path, label_path = self.samples[index]
-        image = read_image(image_path)
-        train_ids = self.load_mask(index)
-        check_same_size(image.shape[:2], train_ids, image_path, label_path)
-        return image, train_ids
+    search_crop_size = SEARCH_CROP_SIZE
+    retrain_crop_size = RETRAIN_CROP_SIZE
+    search_scale = 0.5
+    find_pairs = staticmethod(find_pairs)
 
     def load_mask(self, index: int) -> np.ndarray:
-        """The train-id mask alone (label ids mapped through ``LABEL_TO_TRAIN_ID``)."""
+        """The train-id mask (label ids mapped through ``LABEL_TO_TRAIN_ID``)."""
         label_path = self.samples[index][1]
         label_ids = read_mask(label_path)
         if label_ids.dtype != np.uint8:
