@@ -5,6 +5,7 @@
     python tools/retrain.py --dataset cityscapes --data-root DIR --arch autodeeplab-s
     python tools/retrain.py --dataset cifar10 --data-root DIR --arch DARTS_V2     # or a genotype.json
     python tools/retrain.py --dataset cityscapes --data-root DIR --arch smp:DeepLabV3Plus:resnet50
+    python tools/retrain.py --dataset cityscapes --data-root DIR --arch smp:FPN:runs/search/<run>/arch.json
     python tools/retrain.py --resume runs/retrain/<run>
 
 The default config follows the dataset: cifar10 -> configs/retrain/cifar10_darts.yaml (the
@@ -46,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--arch", help="arch.json, genotype.json, a model name (autodeeplab-paper, autodeeplab-s/m/l, "
-                                       "DARTS_V2, darts-cifar) or smp:<Arch>:<encoder>")
+                                       "DARTS_V2, darts-cifar) or smp:<Arch>:<encoder> (encoder: an smp encoder, "
+                                       "autodeeplab-paper/-s/-m/-l or an arch.json)")
     parser.add_argument("--filter-multiplier", type=int, help="F of an Auto-DeepLab network (20 = S, 32 = M, 48 = L)")
     parser.add_argument("--iterations", type=int, help="train for this many iterations instead of epochs")
     parser.add_argument("--lr", type=float, help="initial learning rate")
