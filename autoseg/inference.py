@@ -2,7 +2,7 @@
 sliding windows, combined into one set of logits at the input size.
 
 DeepLabv3 (Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation",
-arXiv:1706.05587, section 4) evaluates with multi-scale inputs (scales 0.5, 0.75, 1.0, 1.25, 1.5,
+arXiv:1706.05587) evaluates with multi-scale inputs (scales 0.5, 0.75, 1.0, 1.25, 1.5,
 1.75) and left-right flipped inputs; the DeepLab reference code (``predict_labels_multi_scale``)
 resizes the input bilinearly by each scale, runs the model on it and on its mirror image,
 resizes every output back bilinearly to the input size, and averages the softmax
