@@ -165,6 +165,23 @@ class RetrainTrainConfig:
 
 
 @dataclass
+class LossConfig:
+    """The segmentation training loss (see :mod:`autoseg.losses`); pixels labelled 255 never count.
+
+    ``name``: ``ce`` (cross-entropy, the papers'), ``ohem`` (cross-entropy over the hard pixels:
+    true-class probability below ``ohem_threshold``, at least ``ohem_min_kept`` per batch),
+    ``dice``, ``focal`` (focusing parameter ``focal_gamma``) or ``lovasz``. ``class_weights``:
+    none, one weight per class, or ``median_frequency`` (computed from the training masks).
+    """
+
+    name: str = "ce"
+    class_weights: list[float] | str | None = None
+    ohem_threshold: float = 0.7
+    ohem_min_kept: int = 100_000
+    focal_gamma: float = 2.0
+
+
+@dataclass
 class RetrainConfig:
     """A retraining experiment of a searched, published or baseline architecture."""
 
@@ -172,6 +189,7 @@ class RetrainConfig:
     model: RetrainModelConfig = field(default_factory=RetrainModelConfig)
     optimizer: RetrainOptimizerConfig = field(default_factory=RetrainOptimizerConfig)
     train: RetrainTrainConfig = field(default_factory=RetrainTrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,84 @@ def write_retrain_checkpoint(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return model.eval()
+
+
+def _palette_png(ids: np.ndarray, palette: np.ndarray, path: Path) -> None:
+    """Save ``ids`` as a PIL mode "P" PNG whose palette is ``palette`` (as VOC stores its masks)."""
+    image = Image.fromarray(ids.astype(np.uint8)).convert("P")
+    image.putpalette(np.resize(palette.astype(np.uint8), (256, 3)).flatten().tolist())
+    image.save(path)
+
+
+def _class_map(rng: np.random.Generator, size: tuple[int, int], values: list[int]) -> np.ndarray:
+    """Random ids drawn from ``values``, with every one of them in the first row."""
+    ids = rng.choice(np.array(values), size=size).astype(np.uint8)
+    ids[0, : len(values)] = values
+    return ids
+
+
+def write_fake_voc(
+    root: str | Path,
+    splits: dict[str, list[str]] | None = None,
+    train_aug: list[str] | None = None,
+    size: tuple[int, int] = (18, 30),
+    seed: int = 0,
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Write ``ROOT/VOCdevkit/VOC2012`` in the official layout: JPEG images, palette-PNG masks
+    (ids 0..20 and the 255 border) and ``ImageSets/Segmentation/<split>.txt``; plus, for
+    ``train_aug``, grayscale masks in ``SegmentationClassAug`` and ``train_aug.txt``.
+
+    Returns ``{"official" | "aug": {id: (RGB image as decoded by PIL, mask ids)}}``.
+    """
+    from autoseg.data.voc import voc_palette
+
+    splits = splits or {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033"]}
+    voc = Path(root) / "VOCdevkit" / "VOC2012"
+    lists = voc / "ImageSets" / "Segmentation"
+    for folder in (voc / "JPEGImages", voc / "SegmentationClass", lists):
+        folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    written: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"official": {}, "aug": {}}
+    every_id = sorted({name for names in splits.values() for name in names} | set(train_aug or []))
+    for name in every_id:
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{name}.jpg")
+        with Image.open(voc / "JPEGImages" / f"{name}.jpg") as stored:
+            image = np.asarray(stored.convert("RGB"))
+        mask = _class_map(rng, size, [*range(21), 255])
+        _palette_png(mask, voc_palette(256), voc / "SegmentationClass" / f"{name}.png")
+        written["official"][name] = (image, mask)
+        if train_aug is not None and name in train_aug:
+            (voc / "SegmentationClassAug").mkdir(exist_ok=True)
+            aug_mask = _class_map(rng, size, [*range(21), 255])
+            Image.fromarray(aug_mask).save(voc / "SegmentationClassAug" / f"{name}.png")
+            written["aug"][name] = (image, aug_mask)
+    for split, names in {**splits, **({"train_aug": train_aug} if train_aug is not None else {})}.items():
+        (lists / f"{split}.txt").write_text("".join(f"{name}\n" for name in names))
+    return written
+
+
+def write_fake_ade20k(
+    root: str | Path, counts: dict[str, int] | None = None, size: tuple[int, int] = (20, 24), seed: int = 0
+) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Write ``ROOT/ADEChallengeData2016`` in the official layout: ``images/<folder>/*.jpg`` and
+    grayscale ``annotations/<folder>/*.png`` holding 0 (other) and class numbers 1..150 (with 1
+    and 150 in every annotation). Returns ``{folder: [(stem, RGB image as decoded by PIL,
+    stored annotation), ...]}`` sorted by stem."""
+    counts = counts or {"training": 3, "validation": 2}
+    base = Path(root) / "ADEChallengeData2016"
+    rng = np.random.default_rng(seed)
+    written: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for folder, count in counts.items():
+        (base / "images" / folder).mkdir(parents=True, exist_ok=True)
+        (base / "annotations" / folder).mkdir(parents=True, exist_ok=True)
+        written[folder] = []
+        for number in range(1, count + 1):
+            stem = f"ADE_{'train' if folder == 'training' else 'val'}_{number:08d}"
+            image_path = base / "images" / folder / f"{stem}.jpg"
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(image_path)
+            with Image.open(image_path) as stored:
+                image = np.asarray(stored.convert("RGB"))
+            annotation = _class_map(rng, size, [0, 1, 2, 75, 149, 150])
+            Image.fromarray(annotation).save(base / "annotations" / folder / f"{stem}.png")
+            written[folder].append((stem, image, annotation))
+    return written

@@ -39,11 +39,11 @@ def unnormalise(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, 
 
 
 def test_registry_lists_the_builtin_datasets() -> None:
-    assert list_datasets() == ["cifar10", "cityscapes", "folder", "synthetic"]
+    assert list_datasets() == ["ade20k", "cifar10", "cityscapes", "folder", "synthetic", "voc", "voc_aug"]
 
 
 def test_unknown_dataset_lists_the_known_names() -> None:
-    with pytest.raises(UserError, match="unknown dataset 'kitti'.*cifar10, cityscapes, folder, synthetic"):
+    with pytest.raises(UserError, match="unknown dataset .kitti.*ade20k, cifar10, cityscapes, folder, synthetic, voc"):
         build_dataset("kitti", None, "train")
 
 

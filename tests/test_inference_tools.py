@@ -15,9 +15,12 @@ from PIL import Image
 from autoseg.data import build_dataset
 from autoseg.data.cifar10 import CIFAR_MEAN, CIFAR_STD
 from autoseg.data.cifar10 import CLASS_NAMES as CIFAR_CLASSES
+from autoseg.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
+from autoseg.data.cityscapes import PALETTE as CITYSCAPES_PALETTE
 from autoseg.data.synthetic import CLASS_NAMES, PALETTE, render_scene
 from autoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from autoseg.errors import UserError
+from autoseg.inference import predict_logits
 
 NEVER_PREDICTED = CLASS_NAMES.index("person")
 TINY_ARCH = {"path": [0, 1, 2, 1],  # down twice, then up: every kind of step of the paper's path
@@ -259,3 +262,119 @@ def test_export_classification_at_the_default_size_matches_pytorch(tool, cifar_r
     monkeypatch.setattr(export, "RELATIVE_TOLERANCE", -1.0)  # every difference is too large
     with pytest.raises(UserError, match="onnxruntime and PyTorch disagree"):
         export.main([str(run), "--onnx", str(tmp_path / "strict.onnx")])
+
+
+def test_evaluate_with_scales_and_flip_reports_the_protocol_and_scores_its_predictions(tool, segmentation_run,
+                                                                                       capsys):
+    run, model = segmentation_run
+    dataset = build_dataset("synthetic", None, "val", augment=False, image_size=32, length=6)
+    images, masks = (torch.stack(part) for part in zip(*(dataset[i] for i in range(len(dataset)))))
+    with torch.no_grad():
+        preds = torch.cat([predict_logits(model, images[i:i + EVAL_BATCH], scales=(0.75, 1.25), flip=True).argmax(1)
+                           for i in range(0, 6, EVAL_BATCH)]).numpy()
+    expected = _expected_metrics(_confusion(preds, masks.numpy(), len(CLASS_NAMES)))
+    result = tool("evaluate")([str(run), "--json", "--device", "cpu", "--scales", "0.75", "1.25", "--flip",
+                               "--window", "24", "32", "--stride", "8"])
+    assert result["protocol"] == {"scales": [0.75, 1.25], "flip": True, "window": [24, 32], "stride": [8, 8]}
+    assert json.loads(capsys.readouterr().out) == result
+    averaged = tool("evaluate")([str(run), "--device", "cpu", "--scales", "0.75", "1.25", "--flip"])
+    _assert_metrics(averaged, expected)
+    assert averaged["protocol"]["window"] is None
+    with pytest.raises(UserError, match="larger than window"):
+        tool("evaluate")([str(run), "--window", "8", "8", "--stride", "9"])
+
+
+def test_predict_trainid_writes_the_class_indices_of_any_dataset(tool, segmentation_run, tmp_path):
+    run, model = segmentation_run
+    scene, _ = render_scene(33, 45, np.random.default_rng(1))
+    Image.fromarray(scene).save(tmp_path / "street.png")
+    written = tool("predict")([str(run), str(tmp_path / "street.png"), "--out", str(tmp_path / "out"),
+                               "--format", "trainid", "color", "--device", "cpu", "--flip"])
+    assert written == {"trainids": [str(tmp_path / "out" / "street_trainIds.png")],
+                       "masks": [str(tmp_path / "out" / "street_mask.png")]}
+    normalised = (scene / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    with torch.no_grad():
+        classes = predict_logits(model, torch.from_numpy(normalised.transpose(2, 0, 1)[None]).float(),
+                                 flip=True).argmax(1)[0].numpy()
+    with Image.open(tmp_path / "out" / "street_trainIds.png") as stored:
+        assert stored.mode == "L" and np.array_equal(np.asarray(stored), classes)
+    assert np.array_equal(_rgb(tmp_path / "out" / "street_mask.png"), PALETTE[classes])
+
+
+@pytest.fixture(scope="module")
+def cityscapes_run(tmp_path_factory):
+    """A small searched network checkpoint trained "on Cityscapes" (19 classes)."""
+    run = tmp_path_factory.mktemp("cityscapes_run")
+    (run / "arch.json").write_text(json.dumps(TINY_ARCH))
+    torch.manual_seed(0)
+    model = write_retrain_checkpoint(run / "best.pt", str(run / "arch.json"), 19, "segmentation", "cityscapes",
+                                     CITYSCAPES_CLASSES, CITYSCAPES_PALETTE.tolist(), {"dataset": "cityscapes"},
+                                     filter_multiplier=2)
+    _spread_classifier(run / "best.pt", model, model.head.classifier)
+    return run, model
+
+
+# Train id -> Cityscapes label id, restated from the official table (cityscapesscripts' labels.py).
+LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+
+
+def test_predict_labelid_writes_a_cityscapes_submission(tool, cityscapes_run, tmp_path):
+    run, model = cityscapes_run
+    cities = {"berlin": tmp_path / "test" / "berlin", "bonn": tmp_path / "test" / "bonn"}
+    rng = np.random.default_rng(4)
+    images = {}
+    for city, folder in cities.items():
+        folder.mkdir(parents=True)
+        name = f"{city}_000001_000019_leftImg8bit.png"
+        images[name] = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+        Image.fromarray(images[name]).save(folder / name)
+    out = tmp_path / "submission"
+    written = tool("predict")([str(run), *map(str, cities.values()), "--out", str(out), "--format", "labelid",
+                               "--device", "cpu"])
+    assert written == {"labelids": [str(out / "berlin_000001_000019_labelIds.png"),
+                                    str(out / "bonn_000001_000019_labelIds.png")]}
+    assert sorted(p.name for p in out.iterdir()) == ["berlin_000001_000019_labelIds.png",
+                                                     "bonn_000001_000019_labelIds.png"]
+    seen = set()
+    for name, image in images.items():
+        normalised = (image / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+        with torch.no_grad():
+            train_ids = model(torch.from_numpy(normalised.transpose(2, 0, 1)[None]).float()).argmax(1)[0].numpy()
+        with Image.open(out / name.replace("_leftImg8bit", "_labelIds")) as stored:
+            label_ids = np.asarray(stored)
+        assert stored.mode == "L" and label_ids.shape == (24, 40)
+        assert np.array_equal(label_ids, np.array(LABEL_IDS)[train_ids])
+        seen |= set(np.unique(train_ids).tolist())
+    assert len(seen) >= 3, "the test needs a model that predicts several classes"
+    # Written again into the same folder, the submission is overwritten in place.
+    tool("predict")([str(run), *map(str, cities.values()), "--out", str(out), "--format", "labelid", "--device", "cpu"])
+
+
+def test_predict_labelid_refuses_what_the_benchmark_would_reject(tool, cityscapes_run, segmentation_run, tmp_path):
+    run, _ = cityscapes_run
+    image = tmp_path / "aachen_000000_000019_leftImg8bit.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    predict = tool("predict")
+    with pytest.raises(UserError, match="trained on synthetic: use --format trainid"):
+        predict([str(segmentation_run[0]), str(image), "--out", str(tmp_path / "a"), "--format", "labelid"])
+    with pytest.raises(UserError, match="ask for labelid alone"):
+        predict([str(run), str(image), "--out", str(tmp_path / "b"), "--format", "labelid", "color"])
+    (tmp_path / "photo.png").write_bytes(image.read_bytes())
+    with pytest.raises(UserError, match="photo.png is not a Cityscapes image name"):
+        predict([str(run), str(tmp_path / "photo.png"), "--out", str(tmp_path / "c"), "--format", "labelid"])
+    stale = tmp_path / "d" / "old" / "aachen_000000_000019_leftImg8bit_mask.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    with pytest.raises(UserError, match="another prediction of aachen_000000_000019"):
+        predict([str(run), str(image), "--out", str(tmp_path / "d"), "--format", "labelid"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_predict_refuses_two_inputs_whose_outputs_would_collide(tool, segmentation_run, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / folder / "frame.png")
+    with pytest.raises(UserError, match="share the stem 'frame'"):
+        tool("predict")([str(segmentation_run[0]), str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                         str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,8 @@
 """Datasets: one registry, one factory, and the contract every segmentation dataset keeps.
 
 Built-in datasets: ``synthetic`` (generated street scenes, the default; no files needed),
-``cityscapes``, ``folder`` (your own images and masks) and ``cifar10`` (DARTS cell search).
+``cityscapes``, ``voc`` and ``voc_aug`` (PASCAL VOC 2012, official or SBD-augmented train set),
+``ade20k``, ``folder`` (your own images and masks) and ``cifar10`` (DARTS cell search).
 
 Every dataset class declares its ``task`` (``"segmentation"`` or ``"classification"``) and
 ``eval_split`` (the split results are reported on), so that nothing guesses them from names.
@@ -201,6 +202,11 @@ class SegmentationDataset(Dataset, abc.ABC):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``index`` as an RGB uint8 ``HxWx3`` image and a uint8 ``HxW`` train-id mask."""
 
+    def load_mask(self, index: int) -> np.ndarray:
+        """The uint8 ``HxW`` train-id mask of sample ``index``, without augmentation (datasets
+        that can read a mask without its image override this)."""
+        return self.load(index)[1]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (float32 3xHxW normalised image, int64 HxW mask with 255 = ignore)."""
         if not 0 <= index < len(self):
@@ -213,4 +219,4 @@ class SegmentationDataset(Dataset, abc.ABC):
 
 # The built-in datasets register themselves with the decorator above, so they are imported
 # after it is defined.
-from autoseg.data import cifar10, cityscapes, folder, synthetic  # noqa: E402,F401
+from autoseg.data import ade20k, cifar10, cityscapes, folder, synthetic, voc  # noqa: E402,F401

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.data import SegmentationDataset, register_dataset
-from autoseg.data.folder import check_same_size, read_image, read_mask
-from autoseg.data.transforms import IGNORE_INDEX, build_transform
+from autoseg.data import register_dataset
+from autoseg.data.file_pairs import FilePairsDataset
+from autoseg.data.folder import read_mask
+from autoseg.data.transforms import IGNORE_INDEX
 from autoseg.errors import UserError
 
 SEARCH_CROP_SIZE = 321
@@ -86,6 +87,30 @@ def check_label_ids(label_ids: np.ndarray, path: Path) -> None:
                         f"official *{_LABEL_SUFFIX} files")
 
 
+def _train_to_label_id_table() -> np.ndarray:
+    """Train id (0..18) -> label id: the inverse of ``LABEL_TO_TRAIN_ID`` on the evaluated classes."""
+    table = np.zeros(len(_TRAIN_CLASSES), dtype=np.uint8)
+    for label_id, (train_id, _, _) in _TRAIN_CLASSES.items():
+        table[train_id] = label_id
+    return table
+
+
+TRAIN_ID_TO_LABEL_ID: np.ndarray = _train_to_label_id_table()
+"""What the Cityscapes benchmark server expects in a submitted prediction instead of train ids."""
+
+
+def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
+    """Map an array of predicted train ids (0..18) to Cityscapes label ids (uint8).
+
+    Raises:
+        ValueError: an id is outside 0..18 (the ignore id 255 is never a prediction).
+    """
+    if train_ids.size and (train_ids.min() < 0 or train_ids.max() >= len(TRAIN_ID_TO_LABEL_ID)):
+        raise ValueError(f"Cityscapes train ids are 0..{len(TRAIN_ID_TO_LABEL_ID) - 1}, got "
+                         f"{train_ids.min()}..{train_ids.max()}")
+    return TRAIN_ID_TO_LABEL_ID[train_ids]
+
+
 def _existing_folder(path: Path) -> Path:
     """Return ``path`` if it is a folder, else raise saying how to obtain the data."""
     if not path.is_dir():
@@ -121,7 +146,7 @@ def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
 
 
 @register_dataset("cityscapes")
-class CityscapesDataset(SegmentationDataset):
+class CityscapesDataset(FilePairsDataset):
     """Cityscapes fine annotations with the 19 train ids (255 = ignore).
 
     ``crop_size`` defaults to the paper's 321 (search) or 769 (retrain); ``scale`` is the
@@ -132,32 +157,14 @@ class CityscapesDataset(SegmentationDataset):
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
     palette = PALETTE
+    search_crop_size = SEARCH_CROP_SIZE
+    retrain_crop_size = RETRAIN_CROP_SIZE
+    search_scale = 0.5
+    find_pairs = staticmethod(find_pairs)
 
-    def __init__(
-        self,
-        root: str | Path | None,
-        split: str,
-        augment: bool = True,
-        crop_size: int | None = None,
-        transform_kind: str | None = None,
-        scale: float = 0.5,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-    ) -> None:
-        self.samples = find_pairs(root, split)
-        self.root, self.split = Path(root), split
-        if crop_size is None:
-            crop_size = RETRAIN_CROP_SIZE if transform_kind == "retrain" else SEARCH_CROP_SIZE
-        super().__init__(build_transform(augment, transform_kind, crop_size, scale, scale_range))
-
-    def __len__(self) -> int:
-        """Number of images in the split."""
-        return len(self.samples)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """RGB image and its train-id mask (label ids mapped through ``LABEL_TO_TRAIN_ID``)."""
-        image_path, label_path = self.samples[index]
-        image = read_image(image_path)
+    def load_mask(self, index: int) -> np.ndarray:
+        """The train-id mask (label ids mapped through ``LABEL_TO_TRAIN_ID``)."""
+        label_path = self.samples[index][1]
         label_ids = read_mask(label_path)
-        check_same_size(image.shape[:2], label_ids.shape, image_path, label_path)
         check_label_ids(label_ids, label_path)
-        return image, LABEL_TO_TRAIN_ID[label_ids]
+        return LABEL_TO_TRAIN_ID[label_ids]

@@ -16,6 +16,7 @@ from torch import nn
 from autoseg.data.folder import IMAGE_SUFFIXES
 from autoseg.data.transforms import eval_transform
 from autoseg.errors import UserError
+from autoseg.inference import InferenceProtocol
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -54,12 +55,14 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_mask(model: nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
+def predict_mask(model: nn.Module, image: np.ndarray, device: torch.device,
+                 protocol: InferenceProtocol = InferenceProtocol()) -> np.ndarray:
     """The class id of every pixel of an RGB uint8 ``HxWx3`` image: an ``HxW`` int64 array.
 
-    ``model`` must be in eval mode and return ``(1, C, H, W)`` logits.
+    ``model`` must be in eval mode and return ``(1, C, H, W)`` logits; ``protocol`` adds
+    multi-scale, flipped or sliding-window inference (default: plain inference).
     """
-    logits = model(image_tensor(image).to(device))
+    logits = protocol.logits(model, image_tensor(image).to(device))
     return logits.argmax(dim=1)[0].cpu().numpy()
 
 

@@ -62,7 +62,7 @@ class RetrainRun(TrainingRun):
                                                                         eta_min=o.lr_min)
         else:
             raise UserError(f"optimizer.schedule must be poly or cosine, got {o.schedule!r}")
-        self.criterion = task.criterion()
+        self.criterion = task.criterion(cfg.loss, train_set, run_dir).to(device)  # class weights live on device
         self.best: dict[str, Any] = {"metric": task.metric, "value": None, "epoch": None}
         self.improved = False
 

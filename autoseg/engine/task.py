@@ -8,15 +8,20 @@ tasks is written once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from autoseg.data import dataset_num_classes, dataset_task
+from autoseg.config import LossConfig
 from autoseg.data.transforms import IGNORE_INDEX
+from autoseg.inference import InferenceProtocol
+from autoseg.losses import training_criterion
 from autoseg.metrics import AccuracyMeter, ConfusionMeter
 from autoseg.process import is_main, sum_over_processes
 
@@ -51,9 +56,12 @@ class Task:
         """The metric that ranks models: ``miou`` or ``acc`` (both in %)."""
         return "miou" if self.segmentation else "acc"
 
-    def criterion(self) -> nn.Module:
-        """The training loss of both papers: cross-entropy (ignoring unlabelled pixels)."""
-        return nn.CrossEntropyLoss(ignore_index=self.ignore_index) if self.segmentation else nn.CrossEntropyLoss()
+    def criterion(self, loss: LossConfig | None = None, train_set: Dataset | None = None,
+                  cache_dir: Path | None = None) -> nn.Module:
+        """The training loss: by default that of both papers, cross-entropy (ignoring unlabelled
+        pixels); for segmentation the configured ``loss`` (class weights computed from
+        ``train_set`` and cached in ``cache_dir`` when asked for; see :mod:`autoseg.losses`)."""
+        return training_criterion(loss or LossConfig(), self.kind, train_set, self.num_classes, cache_dir)
 
     def meter(self) -> ConfusionMeter | AccuracyMeter:
         """A fresh accumulator of the task's metric."""
@@ -77,14 +85,17 @@ class Task:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False,
-                 input_scale: float = 1.0) -> dict[str, Any]:
+                 input_scale: float = 1.0, protocol: InferenceProtocol = InferenceProtocol()) -> dict[str, Any]:
         """The model's mean loss and metrics (:meth:`metrics`) over ``loader``, in eval mode
         (left in eval mode); over every process's loader in a run of several processes.
 
-        With ``input_scale`` (segmentation) the model sees each image resized by that factor
-        (the scale it was trained at, e.g. 0.5 for a search on half-resolution Cityscapes) and
-        its logits are resized back, so the metrics are always computed on the full-size masks.
+        Segmentation: with ``input_scale`` the model sees each image resized by that factor (the
+        scale it was trained at, e.g. 0.5 for a search on half-resolution Cityscapes) and its
+        logits are resized back, so the metrics are always computed on the full-size masks;
+        ``protocol`` adds multi-scale, flipped or sliding-window inference (its scales multiply
+        ``input_scale``).
         """
+        protocol = protocol.at_scale(input_scale)
         model.eval()
         meter = self.meter()
         loss, count = 0.0, 0
@@ -92,12 +103,7 @@ class Task:
                                    disable=None if is_main() else True):
             images, target = images.to(device), target.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if input_scale == 1.0:
-                    logits = main_logits(model(images)).float()
-                else:
-                    small = F.interpolate(images, scale_factor=input_scale, mode="bilinear", align_corners=False)
-                    logits = F.interpolate(main_logits(model(small)).float(), size=target.shape[-2:],
-                                           mode="bilinear", align_corners=False)
+                logits = protocol.logits(model, images) if self.segmentation else main_logits(model(images)).float()
             batch_loss, batch_count = self.loss_sum(logits, target)
             loss, count = loss + batch_loss, count + batch_count
             meter.update(logits, target)

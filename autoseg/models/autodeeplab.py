@@ -42,7 +42,7 @@ pooling F=20 gives 10.03 M); plain, not separable, 3x3 convs in ASPP and decoder
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -190,18 +190,26 @@ class AutoDeepLabBackbone(nn.Module):
         self.output_stride = 4 * 2 ** self.path[-1]
         set_batchnorm(self, bn_momentum, bn_eps)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def stages(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """The features computed along the path, in order, as ``(stride, tensor)``: the stem's
+        stride-2 (64 channels) and stride-4 (128) outputs, then the output of each cell at the
+        stride of its level, ``4 * 2**level``."""
         s0, s1 = self.stem(x)
+        yield 2, s0
+        yield 4, s1
         sizes = [tuple(s1.shape[-2:])]
         while len(sizes) <= max(self.path):
             sizes.append(halve(sizes[-1]))
-        low_level = s1
         for cell, level, prev_level in zip(self.cells, self.path, (0,) + self.path):
             s_in = resize(s1, sizes[level]) if level < prev_level else s1
             s0, s1 = s1, cell(s0, s_in)
-            if level == 0:
-                low_level = s1
-        return low_level, F.relu(s1)
+            yield 4 * 2 ** level, s1
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for stride, features in self.stages(x):
+            if stride == 4:
+                low_level = features
+        return low_level, F.relu(features)
 
 
 class AutoDeepLab(nn.Module):

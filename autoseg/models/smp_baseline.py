@@ -6,6 +6,11 @@ input size works: the input is zero-padded on the right and bottom to the next m
 the encoder's output stride and the logits are cropped back. Nothing is downloaded: encoder
 weights (``encoder_weights="imagenet"``) must already be in the local Hugging Face hub cache,
 where smp keeps them.
+
+Encoders named ``autodeeplab-...`` are Auto-DeepLab backbones (:mod:`autoseg.models.smp_encoder`):
+``smp:Unet:autodeeplab-s`` puts a U-Net decoder on the published backbone, and
+``smp:FPN:<arch.json>`` (stored in a spec as ``smp:FPN:autodeeplab-arch`` with the arch in its
+keyword ``arch``) on a searched one; ``filter_multiplier`` and ``bn_momentum`` size them.
 """
 from __future__ import annotations
 
@@ -19,6 +24,12 @@ from autoseg.errors import UserError
 
 SMP_PREFIX = "smp:"
 """Model names starting with this prefix are smp baselines."""
+
+AUTODEEPLAB_ENCODER_PREFIX = "autodeeplab"
+"""smp encoder names starting with this prefix are Auto-DeepLab backbones."""
+
+ARCH_ENCODER = "autodeeplab-arch"
+"""The encoder name in a model spec whose ``arch`` keyword holds a searched arch.json."""
 
 
 class PadToMultiple(nn.Module):
@@ -67,6 +78,11 @@ def create_smp_model(name: str, num_classes: int, encoder_weights: str | None = 
                         f"e.g. {SMP_PREFIX}DeepLabV3Plus:resnet50")
     if arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
         raise UserError(f"unknown smp architecture {arch!r}; known: {', '.join(smp.MODEL_ARCHITECTURES_MAPPING)}")
+    if encoder.startswith(AUTODEEPLAB_ENCODER_PREFIX):
+        from autoseg.models.smp_encoder import autodeeplab_encoder_name
+
+        encoder = autodeeplab_encoder_name(encoder, kwargs.pop("arch", None), kwargs.pop("filter_multiplier", None),
+                                           kwargs.pop("bn_momentum", None))
     if encoder not in encoders and not encoder.startswith("tu-"):
         raise UserError(f"unknown smp encoder {encoder!r}; see segmentation_models_pytorch.encoders.get_encoder_names()")
     if encoder_weights is not None and encoder in encoders:

@@ -2,7 +2,8 @@
 
 A spec is ``{"name": <registered model or smp:...>, "kwargs": {...}}``. :func:`model_spec`
 turns what a user passes as ``--arch`` (a registered name, an ``arch.json`` of a hierarchical
-search, a ``genotype.json`` of a DARTS search, or ``smp:<Arch>:<encoder>``) into one.
+search, a ``genotype.json`` of a DARTS search, ``smp:<Arch>:<encoder>``, or
+``smp:<Arch>:<arch.json>`` for an smp decoder on a searched backbone) into one.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from autoseg.architecture import NetworkArch, read_architecture
 from autoseg.errors import UserError
 from autoseg.genotype import GENOTYPES
 from autoseg.models.registry import create_model
+from autoseg.models.smp_baseline import ARCH_ENCODER, SMP_PREFIX
 
 
 def model_spec(arch: str, **kwargs: Any) -> dict[str, Any]:
@@ -22,12 +24,18 @@ def model_spec(arch: str, **kwargs: Any) -> dict[str, Any]:
     if arch in GENOTYPES:
         return {"name": "darts-cifar", "kwargs": {"genotype": arch, **kwargs}}
     if arch.endswith(".json"):
-        found = read_architecture(arch)
+        smp_decoder = arch.startswith(SMP_PREFIX)  # smp:<Arch>:<arch.json>: an smp decoder on the searched backbone
+        decoder, _, file = arch.removeprefix(SMP_PREFIX).partition(":") if smp_decoder else ("", "", arch)
+        found = read_architecture(file)
         if isinstance(found, NetworkArch):
             fields = {"path": list(found.path), "cell": found.cell.to_dict()}
             if found.filter_multiplier is not None:
                 fields["filter_multiplier"] = found.filter_multiplier
-            return {"name": "autodeeplab-arch", "kwargs": {"arch": fields, **kwargs}}
+            name = f"{SMP_PREFIX}{decoder}:{ARCH_ENCODER}" if decoder else "autodeeplab-arch"
+            return {"name": name, "kwargs": {"arch": fields, **kwargs}}
+        if decoder:
+            raise UserError(f"{file} is not an arch.json (keys path, cell): smp decoders take the backbone of a "
+                            "hierarchical search")
         return {"name": "darts-cifar", "kwargs": {"genotype": found.to_dict(), **kwargs}}
     return {"name": arch, "kwargs": kwargs}
 

@@ -10,6 +10,10 @@ checkpoint, so the split is the one the run validated on; the flags override the
 another --dataset drops the old dataset's own options. Segmentation prints mIoU, pixel
 accuracy and the IoU of every class (n/a for a class neither present in the split nor
 predicted); classification prints top-1 accuracy. --json prints one JSON line instead.
+
+--scales, --flip, --window and --stride evaluate as the papers do (DeepLab: --scales 0.5 0.75
+1.0 1.25 1.5 1.75 --flip): the softmax of every scaled and mirrored view, resized back to the
+image, is averaged; large images can be run window by window. The result reports the protocol.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from autoseg.engine.epoch_data import evaluation_batches
 from autoseg.engine.task import Task
 from autoseg.engine.trained import load_trained_model
 from autoseg.errors import UserError
+from autoseg.inference import InferenceProtocol, add_protocol_arguments, protocol_from_args
 
 DATA_FLAGS = {"data_root": "root", "num_classes": "num_classes", "batch_size": "eval_batch_size"}
 """Command-line flag (argparse dest) -> key of the checkpoint's ``data`` config it overrides."""
@@ -46,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batches", type=int, help="evaluate only this many batches (default: the whole split)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward passes")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line instead of a table")
+    add_protocol_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -68,6 +74,9 @@ def format_report(result: dict[str, Any]) -> str:
     if result["task"] == "classification":
         lines.append(f"top-1 accuracy {result['acc']:.2f} %   loss {result['loss']:.4f}")
         return "\n".join(lines)
+    protocol = result["protocol"]
+    lines.append(f"inference: scales {protocol['scales']}, flip {protocol['flip']}, window {protocol['window']}, "
+                 f"stride {protocol['stride']}")
     lines.append(f"mIoU {result['miou']:.2f} %   pixel accuracy {result['pixel_acc']:.2f} %   "
                  f"loss {result['loss']:.4f}")
     width = max(len("class"), *(len(name) for name in result["iou"]))
@@ -80,17 +89,22 @@ def format_report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Evaluate, print the table (or one JSON line); returns the result as JSON-ready data.
 
-    Segmentation results hold ``miou``, ``pixel_acc`` (in %), ``loss`` and ``iou`` (class
+    Segmentation results hold ``protocol`` (scales, flip, window and stride of the inference),
+    ``miou``, ``pixel_acc`` (in %), ``loss`` and ``iou`` (class
     name -> IoU in %, ``None`` for a class absent from both the split and the predictions);
     classification results hold ``acc`` (top-1 in %) and ``loss``.
     """
     args = parse_args(argv)
+    protocol = protocol_from_args(args)
     if args.max_batches is not None and args.max_batches < 1:
         raise UserError(f"--max-batches must be at least 1, got {args.max_batches}")
     device = resolve_device(args.device)
     model, meta, state = load_trained_model(args.checkpoint, device)
     data = data_config(state["config"], args)
     task = Task(meta.task, meta.num_classes)
+    if not task.segmentation and protocol != InferenceProtocol():
+        raise UserError("--scales, --flip, --window and --stride apply to segmentation models; leave them out for "
+                        f"the {meta.task} model {args.checkpoint}")
     split = args.split or dataset_eval_split(data.dataset)
     dataset = build_split(data, split, augment=False)
     if dataset.num_classes != meta.num_classes:
@@ -100,8 +114,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 pin_memory=device.type == "cuda")
     result: dict[str, Any] = {"checkpoint": str(args.checkpoint), "task": meta.task, "dataset": data.dataset,
                               "split": split, "images": len(loader.dataset)}
-    metrics = task.evaluate(model, loader, device, amp=args.amp)
-    if "iou" in metrics:
+    metrics = task.evaluate(model, loader, device, amp=args.amp, protocol=protocol)
+    if task.segmentation:
+        result["protocol"] = protocol.to_dict()
         metrics["iou"] = {name: None if math.isnan(value) else 100.0 * value
                           for name, value in zip(meta.class_names, metrics["iou"])}
     result.update(metrics)

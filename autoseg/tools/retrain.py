@@ -4,11 +4,13 @@
     autoseg retrain --dataset cityscapes --data-root DIR --arch autodeeplab-s
     autoseg retrain --dataset cifar10 --data-root DIR --arch DARTS_V2     # or a genotype.json
     autoseg retrain --dataset cityscapes --data-root DIR --arch smp:DeepLabV3Plus:resnet50
+    autoseg retrain --dataset cityscapes --data-root DIR --arch smp:FPN:runs/search/<run>/arch.json
     autoseg retrain --resume runs/retrain/<run>
 
 The default config follows the dataset: cifar10 -> configs/retrain/cifar10_darts.yaml (the
 DARTS protocol), cityscapes and folder -> configs/retrain/cityscapes_autodeeplab.yaml (the
-Auto-DeepLab protocol), synthetic -> configs/retrain/synthetic.yaml. The run directory gets checkpoint.pt
+Auto-DeepLab protocol), voc and voc_aug -> configs/retrain/voc.yaml, ade20k ->
+configs/retrain/ade20k.yaml, synthetic -> configs/retrain/synthetic.yaml. The run directory gets checkpoint.pt
 (last), best.pt (best validation metric), config.yaml and TensorBoard logs.
 """
 from __future__ import annotations
@@ -37,7 +39,8 @@ from autoseg.process import is_main, world_size
 RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
                  "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr"}
 DEFAULT_CONFIGS = {"cityscapes": "cityscapes_autodeeplab", "folder": "cityscapes_autodeeplab",
-                   "cifar10": "cifar10_darts", "synthetic": "synthetic"}
+                   "cifar10": "cifar10_darts", "synthetic": "synthetic", "voc": "voc", "voc_aug": "voc",
+                   "ade20k": "ade20k"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--arch", help="arch.json, genotype.json, a model name (autodeeplab-paper, autodeeplab-s/m/l, "
-                                       "DARTS_V2, darts-cifar) or smp:<Arch>:<encoder>")
+                                       "DARTS_V2, darts-cifar) or smp:<Arch>:<encoder> (encoder: an smp encoder, "
+                                       "autodeeplab-paper/-s/-m/-l or an arch.json)")
     parser.add_argument("--filter-multiplier", type=int, help="F of an Auto-DeepLab network (20 = S, 32 = M, 48 = L)")
     parser.add_argument("--iterations", type=int, help="train for this many iterations instead of epochs")
     parser.add_argument("--lr", type=float, help="initial learning rate")
