@@ -92,6 +92,12 @@ def resumed_config(args: argparse.Namespace, config_class: type[T], flags: dict[
     return config
 
 
+def stopped_message(global_step: int, run_dir: Path) -> str:
+    """What a run stopped by ``--max-steps`` before its end tells the user."""
+    return (f"stopped at step {global_step} (--max-steps): {run_dir / 'checkpoint.pt'} holds the position; "
+            f"continue with --resume {run_dir}")
+
+
 def default_config(kind: str, dataset: str | None, fallback: str) -> Path:
     """``configs/<kind>/<dataset>.yaml`` when it exists, else ``configs/<kind>/<fallback>.yaml``."""
     candidate = CONFIG_DIR / kind / f"{dataset}.yaml"

@@ -90,7 +90,13 @@ class TrellisModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The loop: length, bilevel schedule, device and reproducibility."""
+    """The loop: length, bilevel schedule, device and reproducibility.
+
+    ``nan_policy``: what a step whose loss or gradient is not finite does, ``stop`` the run or
+    ``skip`` the batch's update (see :mod:`autoseg.engine.step_guard`). ``checkpoint_every_steps``:
+    also write the checkpoint every that many optimiser steps within an epoch (null: only at the
+    end of an epoch).
+    """
 
     epochs: int = 50
     warmup_epochs: int = 0
@@ -100,6 +106,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     log_every: int = 50
+    nan_policy: str = "stop"
+    checkpoint_every_steps: int | None = None
 
 
 @dataclass
@@ -151,6 +159,7 @@ class RetrainTrainConfig:
 
     ``sync_batchnorm``: on several GPUs (torchrun), batch norms use the statistics of the whole
     batch (``torch.nn.SyncBatchNorm``) instead of each GPU's share, as DeepLab trains.
+    ``nan_policy`` and ``checkpoint_every_steps`` as in :class:`TrainConfig`.
     """
 
     epochs: int = 100
@@ -162,6 +171,8 @@ class RetrainTrainConfig:
     amp: bool = False
     log_every: int = 50
     sync_batchnorm: bool = True
+    nan_policy: str = "stop"
+    checkpoint_every_steps: int | None = None
 
 
 @dataclass
@@ -236,19 +247,20 @@ BOUNDS: dict[type, dict[str, Bounds]] = {
     TrellisModelConfig: {"layers": _COUNT, "levels": _COUNT, "blocks": _COUNT, "filter_multiplier": _COUNT,
                          "aspp_base_rate": _COUNT, "aspp_channels": _COUNT},
     TrainConfig: {"epochs": _COUNT, "warmup_epochs": _NON_NEGATIVE, "max_steps": _COUNT, "seed": _SEED,
-                  "log_every": _COUNT},
+                  "log_every": _COUNT, "checkpoint_every_steps": _COUNT},
     RetrainModelConfig: {"filter_multiplier": _COUNT, "bn_momentum": Bounds(0, 1, low_open=True),
                          "init_channels": _COUNT, "layers": _COUNT, "auxiliary_weight": _NON_NEGATIVE,
                          "drop_path_prob": _FRACTION},
     RetrainOptimizerConfig: {"lr": _POSITIVE, "momentum": _FRACTION, "weight_decay": _NON_NEGATIVE,
                              "poly_power": _POSITIVE, "lr_min": _NON_NEGATIVE, "grad_clip": _POSITIVE},
     RetrainTrainConfig: {"epochs": _COUNT, "iterations": _COUNT, "max_steps": _COUNT, "eval_every": _COUNT,
-                         "seed": _SEED, "log_every": _COUNT},
+                         "seed": _SEED, "log_every": _COUNT, "checkpoint_every_steps": _COUNT},
 }
 """The range of every numeric setting, per config section (checked by :func:`validate_config`)."""
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("poly", "cosine")
+NAN_POLICIES = ("stop", "skip")
 
 
 def _crop_fits_image(data: DataConfig, at: str) -> str | None:
@@ -308,14 +320,20 @@ def _known_device(train: TrainConfig | RetrainTrainConfig, at: str) -> str | Non
     return None
 
 
+def _known_nan_policy(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    if train.nan_policy not in NAN_POLICIES:
+        return f"{at}nan_policy must be one of {', '.join(NAN_POLICIES)}, got {train.nan_policy!r}"
+    return None
+
+
 RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
     DataConfig: (_crop_fits_image, _scale_range_ordered),
     OptimizerConfig: (_lr_min_below_lr,),
     RetrainOptimizerConfig: (_lr_min_below_lr, _known_schedule),
     DartsSearchModelConfig: (_known_primitives, _multiplier_within_blocks),
     TrellisModelConfig: (_known_primitives,),
-    TrainConfig: (_warmup_below_epochs, _known_device),
-    RetrainTrainConfig: (_known_device,),
+    TrainConfig: (_warmup_below_epochs, _known_device, _known_nan_policy),
+    RetrainTrainConfig: (_known_device, _known_nan_policy),
 }
 """The rules that tie a setting to another one or to a list of names, per config section; each
 returns what is wrong (naming the keys under the section's prefix) or None. They run once the

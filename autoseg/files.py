@@ -11,18 +11,32 @@ from autoseg.errors import UserError
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place,
-    so that ``path`` is always either the old or the new complete file."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path`` (named ``.<name>.<random>``),
+    flush it to disk, then rename it into place, so that ``path`` is always either the old or the
+    new complete file, even if the process is killed or the machine stops."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_interrupted_writes(directory: str | Path, names: list[str]) -> None:
+    """Delete the temporary files that :func:`atomic_write` left in ``directory`` for the files
+    ``names`` when a process was killed while writing them."""
+    for name in names:
+        for leftover in Path(directory).glob(f".{name}.*"):
+            leftover.unlink(missing_ok=True)
 
 
 def write_json(data: Any, path: str | Path) -> None:

@@ -142,6 +142,14 @@ class ConfusionMeter:
         """Sum the matrix over all processes (no-op in a single process)."""
         sum_tensor_(self.matrix)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The counts so far (on the CPU), for a checkpoint."""
+        return {"matrix": self.matrix.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from the counts of :meth:`state_dict`."""
+        self.matrix = state["matrix"].clone()
+
     def compute(self) -> dict[str, float | list[float]]:
         """Metrics of the counts so far: ``miou``, ``pixel_acc`` and ``iou_per_class`` (a list)."""
         return {
@@ -165,6 +173,14 @@ class AccuracyMeter:
     def all_reduce(self) -> None:
         """Sum the counts over all processes (no-op in a single process)."""
         sum_tensor_(self.counts)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The counts so far, for a checkpoint."""
+        return {"counts": self.counts.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from the counts of :meth:`state_dict`."""
+        self.counts = state["counts"].clone()
 
     def compute(self) -> dict[str, float]:
         """``acc``: the fraction of samples predicted correctly (NaN before any sample)."""

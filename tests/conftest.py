@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,3 +48,33 @@ def tiny_synthetic_config(tmp_path: Path) -> Path:
                         data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
                               "batch_size": 2, "eval_batch_size": 4},
                         model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1})
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    """A run's history without the wall-clock seconds of each record (the only figure that differs
+    between two runs doing the same work)."""
+    return [{key: value for key, value in record.items() if key != "seconds"} for record in history]
+
+
+def assert_same(expected: Any, actual: Any, where: str = "state") -> None:
+    """Assert two checkpoint states are identical: tensors equal element for element (same dtype),
+    numbers equal (NaN matching NaN), containers equal entry by entry; ``history`` records are
+    compared without their timings."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and expected.keys() == actual.keys(), f"{where}: keys differ"
+        for key in expected:
+            if key == "history":
+                assert_same(without_timings(expected[key]), without_timings(actual[key]), f"{where}.history")
+            else:
+                assert_same(expected[key], actual[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert type(actual) is type(expected) and len(actual) == len(expected), f"{where}: lengths differ"
+        for index, (a, b) in enumerate(zip(expected, actual)):
+            assert_same(a, b, f"{where}[{index}]")
+    elif isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and expected.dtype == actual.dtype, f"{where}: dtypes differ"
+        assert torch.equal(expected, actual), f"{where}: tensors differ"
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert isinstance(actual, float) and math.isnan(actual), f"{where}: {actual} is not NaN"
+    else:
+        assert expected == actual, f"{where}: {expected!r} != {actual!r}"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import write_config
+from conftest import assert_same, write_config
 from fakes import write_fake_cifar10
 
 from autoseg.engine.checkpoint import load_checkpoint
@@ -79,13 +79,16 @@ def test_retrain_resume_reproduces_the_uninterrupted_run(tool, tmp_path):
     retrain = tool("retrain")
     retrain(["--config", str(config), "--out", str(tmp_path / "full")])
     retrain(["--config", str(config), "--out", str(tmp_path / "cut"), "--max-steps", "3"])
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["global_step"] == 3
+    stopped = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert (stopped["global_step"], stopped["history"], stopped["best"]["value"]) == (3, [], None)
+    assert not (tmp_path / "cut" / "best.pt").exists()  # a stop mid-epoch is never the best model
     retrain(["--resume", str(tmp_path / "cut")])
     full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     resumed = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert full["global_step"] == resumed["global_step"] == 8
-    for key, value in full["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
+    assert [h["epoch"] for h in full["history"]] == [1, 2]
+    assert_same(full, resumed)  # weights, optimiser, schedule, RNG, best, history
+    assert_same(load_checkpoint(tmp_path / "full" / "best.pt"), load_checkpoint(tmp_path / "cut" / "best.pt"))
 
 
 def test_darts_cifar_retrain_with_auxiliary_head_and_drop_path(tool, tmp_path):

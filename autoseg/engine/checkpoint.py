@@ -5,7 +5,7 @@ import pickle
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -16,9 +16,30 @@ from autoseg.files import atomic_write
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` the state atomically."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+def save_checkpoint(state: dict[str, Any], path: str | Path,
+                    beside: Callable[[Path], None] | None = None) -> None:
+    """``torch.save`` the state atomically (see :func:`~autoseg.files.atomic_write`).
+
+    ``beside(new_file)`` is called with the complete new checkpoint before it replaces ``path``,
+    to write the files that go with it (an architecture, a copy as ``best.pt``): a process killed
+    at any moment leaves them matching either the old checkpoint or the new one, which a resumed
+    run then writes again. A failed write (a full disk, a directory without write permission)
+    leaves the previous checkpoint intact and is a UserError that says so.
+    """
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as file:  # through a Python file, so that a failed write is an OSError
+            torch.save(state, file)
+        if beside is not None:
+            beside(Path(tmp))
+
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        kept = "the previous checkpoint there is intact" if path.is_file() else "no checkpoint was written"
+        raise UserError(f"could not write {path} ({exc.strerror or exc}): {kept}; free disk space or make "
+                        f"{path.parent} writable, then continue with --resume {path.parent}") from exc
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -53,17 +74,25 @@ def _unloadable(path: Path, exc: Exception) -> UserError:
 
 
 def check_run_dir(out: str | Path, resume: bool) -> Path:
-    """The run directory to write, checked: a resumed one must hold a checkpoint, a new one must
-    not exist or be empty (a run directory is never overwritten). Creates nothing."""
+    """The run directory to write, checked: a resumed one must hold the run's ``config.yaml`` (and
+    usually a checkpoint, see :func:`resumed_state`), a new one must not exist or be empty (a run
+    directory is never overwritten). Creates nothing."""
     out = Path(out)
     if resume:
-        if not (out / CHECKPOINT_NAME).is_file():
-            raise UserError(f"cannot resume: {out / CHECKPOINT_NAME} does not exist")
+        if not (out / "config.yaml").is_file():
+            raise UserError(f"cannot resume: {out / 'config.yaml'} does not exist; pass the directory a search or "
+                            "retrain run wrote")
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"run directory {out} already exists and is not empty; pass --resume {out} to continue "
                         "it, or choose another --out")
     return out
+
+
+def resumed_state(run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint a resumed run continues from; None when the run was stopped before it wrote
+    its first checkpoint, which then starts over from its saved config."""
+    return load_checkpoint(run_dir) if (run_dir / CHECKPOINT_NAME).is_file() else None
 
 
 def rng_state() -> dict[str, Any]:

@@ -37,14 +37,19 @@ def epoch_order(length: int, seed: int) -> list[int]:
 def epoch_batches(dataset: Dataset, batch_size: int, seed: int, skip_batches: int = 0, num_workers: int = 0,
                   pin_memory: bool = False) -> DataLoader:
     """Full batches of ``batch_size`` samples of ``dataset`` in the order of ``seed``, without
-    the first ``skip_batches``; with several processes, this process's share of each batch."""
+    the first ``skip_batches``; with several processes, this process's share of each batch.
+
+    The loader draws its workers' seeds from a generator of its own (seeded with ``seed``), not
+    from torch's global one, so that starting it mid-epoch leaves the process's random numbers
+    (drop-path masks, ...) where an uninterrupted run has them."""
     order = epoch_order(len(dataset), seed)
     share = shard_batch_size(batch_size)
     start = rank() * share
     indices = [index for step in range(skip_batches, len(order) // batch_size)
                for index in order[step * batch_size + start:step * batch_size + start + share]]
     return DataLoader(Subset(dataset, indices), batch_size=share, shuffle=False, drop_last=True,
-                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def check_segmentation_batch_size(batch_size: int) -> None:

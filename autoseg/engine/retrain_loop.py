@@ -5,14 +5,14 @@ iteration, cross-entropy with ignore index 255, mIoU on the validation split); C
 DARTS protocol (SGD, cosine per epoch, auxiliary head, drop-path increased linearly,
 gradient clipping, top-1 on the test split). Every evaluation writes an atomic checkpoint (through
 :class:`~autoseg.engine.run.TrainingRun`), and ``best.pt`` when the metric improved;
-``max_steps`` stops early and ``resume`` continues.
+``max_steps`` stops early (with a checkpoint of the position) and ``resume`` continues.
 """
 from __future__ import annotations
 
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -20,14 +20,15 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 
 from autoseg.config import RetrainConfig
-from autoseg.engine.checkpoint import CHECKPOINT_NAME
 from autoseg.engine.distributed import data_parallel
 from autoseg.engine.epoch_data import check_segmentation_batch_size
-from autoseg.engine.run import TrainingRun
+from autoseg.engine.run import TrainingRun, TrainStep
+from autoseg.engine.step_guard import gradient_norm
 from autoseg.engine.task import Task
 from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
 from autoseg.errors import UserError
-from autoseg.process import is_distributed, sum_over_processes
+from autoseg.files import atomic_write
+from autoseg.process import is_distributed
 
 
 class RetrainRun(TrainingRun):
@@ -79,9 +80,9 @@ class RetrainRun(TrainingRun):
         self.scheduler.load_state_dict(state["scheduler"])
         self.best = state["best"]
 
-    def stopped(self) -> bool:
-        """Over when the configured iterations (or epochs) or ``max_steps`` are done."""
-        return self.global_step >= self.total_steps or super().stopped()
+    def finished(self) -> bool:
+        """Done when the configured iterations (or epochs) are."""
+        return self.global_step >= self.total_steps or super().finished()
 
     def loss(self, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
         """The criterion, plus the weighted auxiliary-head loss when the model returns one."""
@@ -91,41 +92,47 @@ class RetrainRun(TrainingRun):
                     + self.cfg.model.auxiliary_weight * self.criterion(auxiliary.float(), target))
         return self.criterion(output.float(), target)
 
-    def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, Any]:
-        """Run (the rest of) the current epoch, or until a step limit."""
-        cfg, device = self.cfg, self.device
+    def epoch_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The current epoch's batches from the step the run is at."""
+        return self.epoch_loader(self.train_set)
+
+    def prepare_epoch(self) -> None:
+        """Drop-path probability increased linearly with the epoch (DARTS models)."""
         if hasattr(self.model, "drop_path_prob"):
-            self.model.drop_path_prob = cfg.model.drop_path_prob * self.epoch / self.epochs
-        total, count = 0.0, 0
-        bar = self.progress(self.epoch_loader(self.train_set))
-        for inputs, target in bar:
-            inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
-                loss = self.loss(self.train_model(inputs), target)
-            loss.backward()
-            if cfg.optimizer.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.grad_clip)
+            self.model.drop_path_prob = self.cfg.model.drop_path_prob * self.epoch / self.epochs
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> TrainStep:
+        """Forward and backward pass of one batch, the gradient clipped when configured."""
+        device = self.device
+        inputs, target = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.mark_buffers()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp):
+            loss = self.loss(self.train_model(inputs), target)
+        loss.backward()
+        return TrainStep(loss, gradient_norm(self.model.parameters(), self.cfg.optimizer.grad_clip))
+
+    def update(self, apply: bool) -> None:
+        """The SGD step, and the poly schedule's step (it follows the iterations, dropped or not)."""
+        if apply:
             self.optimizer.step()
-            if cfg.optimizer.schedule == "poly":
-                self.scheduler.step()
-            self.global_step += 1
-            self.step_in_epoch += 1
-            loss_value = loss.item()
-            total, count = total + loss_value, count + 1
-            lr = self.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.4g}")
-            if writer is not None and self.global_step % cfg.train.log_every == 0:
-                writer.add_scalar("train/loss_step", loss_value, self.global_step)
-                writer.add_scalar("train/lr", lr, self.global_step)
-            if self.stopped():
-                break
-        bar.close()
-        total, count_all = sum_over_processes([total, count])  # every process runs the same number of steps
-        result = {"loss": total / max(count_all, 1), "steps": count}
+        if self.cfg.optimizer.schedule == "poly":
+            self.scheduler.step()
+
+    def learning_rate(self) -> float:
+        """The learning rate of the next step."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def log_step(self, writer: SummaryWriter) -> None:
+        """The learning rate."""
+        writer.add_scalar("train/lr", self.learning_rate(), self.global_step)
+
+    def train_figures(self) -> dict[str, Any]:
+        """The number of applied steps of the epoch, and the drop-path probability of DARTS models."""
+        figures: dict[str, Any] = {"steps": self.tally.steps}
         if hasattr(self.model, "drop_path_prob"):
-            result["drop_path_prob"] = self.model.drop_path_prob
-        return result
+            figures["drop_path_prob"] = self.model.drop_path_prob
+        return figures
 
     def end_epoch(self) -> None:
         """Step a per-epoch (cosine) schedule."""
@@ -144,8 +151,11 @@ class RetrainRun(TrainingRun):
             self.best = {"metric": self.task.metric, "value": value, "epoch": record["epoch"],
                          "global_step": self.global_step}
 
-    def write_outputs(self) -> None:
-        """Copy the checkpoint to ``best.pt`` when the metric improved."""
+    def output_files(self) -> list[str]:
+        """``best.pt``."""
+        return [BEST_NAME]
+
+    def write_outputs(self, checkpoint: Path) -> None:
+        """Copy the new checkpoint to ``best.pt`` when the metric improved."""
         if self.improved:
-            shutil.copyfile(self.run_dir / CHECKPOINT_NAME, self.run_dir / f".{BEST_NAME}.tmp")
-            (self.run_dir / f".{BEST_NAME}.tmp").replace(self.run_dir / BEST_NAME)
+            atomic_write(self.run_dir / BEST_NAME, lambda tmp: shutil.copyfile(checkpoint, tmp))

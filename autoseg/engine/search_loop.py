@@ -5,31 +5,31 @@ architect), then one weight update (SGD, gradient clipping) on a batch of half A
 weight learning rate follows a cosine schedule per epoch. Every epoch ends (through
 :class:`~autoseg.engine.run.TrainingRun`) with an evaluation, the architecture decoded once,
 TensorBoard scalars and images, the architecture file and an atomic checkpoint; ``max_steps``
-stops early (with the same outputs) and ``resume`` continues a stopped run exactly where it
-stopped.
+stops early (with a checkpoint of the position) and ``resume`` continues a stopped run exactly
+where it stopped.
 """
 from __future__ import annotations
 
 import json
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from autoseg.architecture import Architecture
+from autoseg.architecture import Architecture, architecture_from_dict
 from autoseg.config import SearchConfig
 from autoseg.engine.distributed import data_parallel
 from autoseg.engine.epoch_data import check_segmentation_batch_size
-from autoseg.engine.run import TrainingRun
+from autoseg.engine.run import TrainingRun, TrainStep
+from autoseg.engine.step_guard import gradient_norm
 from autoseg.engine.task import Task
 from autoseg.errors import UserError
 from autoseg.files import write_json
-from autoseg.process import sum_over_processes
-from autoseg.search.architect import Architect
+from autoseg.search.architect import Architect, Batch
 from autoseg.search.network import SearchNetwork
 
 
@@ -37,6 +37,7 @@ class SearchRun(TrainingRun):
     """One search: the supernet, its two optimisers and schedule, and the run directory it writes."""
 
     kind = "search"
+    tracks_train_metric = True
 
     def __init__(self, cfg: SearchConfig, network: SearchNetwork, task: Task,
                  data: tuple[Dataset, Dataset, Dataset], run_dir: Path, device: torch.device):
@@ -66,6 +67,7 @@ class SearchRun(TrainingRun):
         self.architect = Architect(self.model, self.criterion, self.a_optimizer, self.w_optimizer,
                                    unrolled=cfg.train.unrolled)
         self.arch: Architecture = self.model.decode()
+        self.arch_loss: torch.Tensor | None = None
 
     def training_state(self) -> dict[str, Any]:
         """Supernet, both optimisers, the schedule, the search mode and the current architecture."""
@@ -79,49 +81,81 @@ class SearchRun(TrainingRun):
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.a_optimizer.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.arch = self.model.decode()
+        self.arch = architecture_from_dict(state["arch"], "the checkpoint's architecture")
 
-    def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, Any]:
-        """Run (the rest of) the current epoch: architecture then weight step, batch by batch."""
-        cfg, device = self.cfg, self.device
-        search_arch = self.epoch >= cfg.train.warmup_epochs
+    def epoch_batches(self) -> Iterable[tuple[Batch, Batch | None]]:
+        """(weight batch of half A, architecture batch of half B or None in the warm-up) per step."""
         weight_batches = self.epoch_loader(self.half_a)
-        arch_batches = self.epoch_loader(self.half_b, offset=1) if search_arch else repeat(None)
-        batches = zip(range(self.step_in_epoch, self.steps_per_epoch), weight_batches, arch_batches)
-        lr = self.scheduler.get_last_lr()[0]
-        loss_sum, steps = 0.0, 0
-        meter = self.task.meter()
-        bar = self.progress(batches, "" if search_arch else " (warm-up)")
-        for _, (inputs, target), arch_batch in bar:
-            inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
-                if arch_batch is not None:
-                    v_inputs, v_target = arch_batch
-                    arch_loss = self.architect.step((inputs, target), (v_inputs.to(device), v_target.to(device)), lr)
-                self.w_optimizer.zero_grad(set_to_none=True)
-                logits = self.train_model(inputs)
-                loss = self.criterion(logits.float(), target)
-            loss.backward()
-            if cfg.optimizer.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), cfg.optimizer.grad_clip)
+        arch_batches = self.epoch_loader(self.half_b, offset=1) if self.searching_arch() else repeat(None)
+        steps = range(self.step_in_epoch, self.steps_per_epoch)
+        return ((weights, arch) for _, weights, arch in zip(steps, weight_batches, arch_batches))
+
+    def searching_arch(self) -> bool:
+        """Whether this epoch updates the architecture (it is past the warm-up)."""
+        return self.epoch >= self.cfg.train.warmup_epochs
+
+    def epoch_label(self) -> str:
+        """Warm-up epochs say so on the progress bar."""
+        return "" if self.searching_arch() else " (warm-up)"
+
+    def train_step(self, batch: tuple[Batch, Batch | None]) -> TrainStep:
+        """The architecture update on the batch of half B (when past the warm-up), then the
+        forward and backward pass of the weights on the batch of half A, clipped."""
+        cfg, device = self.cfg, self.device
+        (inputs, target), arch_batch = batch
+        inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        checks: dict[str, torch.Tensor] = {}
+        self.arch_loss = None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
+            if arch_batch is not None:
+                v_inputs, v_target = arch_batch
+                checks = self.architecture_step((inputs, target), (v_inputs.to(device), v_target.to(device)))
+            self.w_optimizer.zero_grad(set_to_none=True)
+            self.mark_buffers()
+            logits = self.train_model(inputs)
+            loss = self.criterion(logits.float(), target)
+        loss.backward()
+        grad_norm = gradient_norm(self.model.weight_parameters(), cfg.optimizer.grad_clip)
+        return TrainStep(loss, grad_norm, logits.detach().float(), target, checks)
+
+    def architecture_step(self, train_batch: Batch, valid_batch: Batch) -> dict[str, torch.Tensor]:
+        """The architect's update; returns its loss and gradient norm to check with the weight
+        step. Under ``nan_policy: skip`` they are checked at once instead, and a non-finite update
+        is dropped before Adam applies it."""
+        self.mark_buffers()
+        loss, grads = self.architect.gradient(train_batch, valid_batch, self.scheduler.get_last_lr()[0])
+        self.arch_loss = loss
+        quantities = {"architecture loss": loss, "architecture gradient norm": torch.nn.utils.get_total_norm(grads)}
+        if not self.skipping:
+            self.architect.apply(grads)
+            return quantities
+        if self.check(quantities)[1]:
+            self.architect.apply(grads)
+        else:
+            self.drop_update("skipped_arch_batches")
+        return {}
+
+    def update(self, apply: bool) -> None:
+        """The weights' SGD step (the schedule steps per epoch)."""
+        if apply:
             self.w_optimizer.step()
-            self.global_step += 1
-            self.step_in_epoch += 1
-            loss_value = loss.item()
-            loss_sum, steps = loss_sum + loss_value, steps + 1
-            meter.update(logits.detach().float(), target)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.4g}")
-            if writer is not None and self.global_step % cfg.train.log_every == 0:
-                writer.add_scalar("train/loss_step", loss_value, self.global_step)
-                if arch_batch is not None:  # read back only when logged: no device sync per step
-                    writer.add_scalar("search/arch_loss", arch_loss.item(), self.global_step)
-            if self.stopped():
-                break
-        bar.close()
-        meter.all_reduce()
-        loss_sum, steps = sum_over_processes([loss_sum, steps])
+
+    def learning_rate(self) -> float:
+        """The weights' learning rate of this epoch."""
+        return self.scheduler.get_last_lr()[0]
+
+    def log_step(self, writer: SummaryWriter) -> None:
+        """The architecture loss, read back only when logged: no device sync per step."""
+        if self.arch_loss is not None:
+            writer.add_scalar("search/arch_loss", self.arch_loss.item(), self.global_step)
+
+    def train_figures(self) -> dict[str, Any]:
+        """The epoch's learning rate and training metric (and dropped architecture updates)."""
         metric = self.task.metric
-        return {"loss": loss_sum / max(steps, 1), "lr": lr, metric: self.task.metrics(meter)[metric]}
+        figures = {"lr": self.learning_rate(), metric: self.task.metrics(self.tally.metrics_meter())[metric]}
+        if self.skipping:
+            figures["skipped_arch_batches"] = self.tally.skipped.get("skipped_arch_batches", 0)
+        return figures
 
     def end_epoch(self) -> None:
         """Step the cosine schedule."""
@@ -131,7 +165,11 @@ class SearchRun(TrainingRun):
         """Decode the architecture once per evaluation."""
         self.arch = self.model.decode()
 
-    def write_outputs(self) -> None:
+    def output_files(self) -> list[str]:
+        """The architecture file."""
+        return [self.arch.FILE_NAME]
+
+    def write_outputs(self, checkpoint: Path) -> None:
         """The decoded architecture (``arch.json`` or ``genotype.json``)."""
         write_json(self.arch.to_dict(), self.run_dir / self.arch.FILE_NAME)
 

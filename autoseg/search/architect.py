@@ -54,18 +54,28 @@ class Architect:
     def step(self, train_batch: Batch, valid_batch: Batch, xi: float) -> torch.Tensor:
         """One architecture update on ``valid_batch``; ``train_batch`` and the current weight
         learning rate ``xi`` are used only by the second-order update. Returns the validation loss."""
+        loss, grads = self.gradient(train_batch, valid_batch, xi)
+        self.apply(grads)
+        return loss
+
+    def gradient(self, train_batch: Batch, valid_batch: Batch, xi: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The validation loss (detached) and the architecture gradient of :meth:`step`, both
+        averaged over the processes, without updating anything (:meth:`apply` does)."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.unrolled:
             loss, grads = self.unrolled_gradient(train_batch, valid_batch, xi)
         else:
             loss, grads = self.first_order_gradient(valid_batch)
         average_(grads)
+        loss = loss.detach()
+        average_([loss])
+        return loss, grads
+
+    def apply(self, grads: Sequence[torch.Tensor]) -> None:
+        """The optimiser step of the architecture parameters along ``grads``."""
         for p, g in zip(self.arch_params, grads):
             p.grad = g
         self.optimizer.step()
-        loss = loss.detach()
-        average_([loss])
-        return loss
 
     def _loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         inputs, target = batch

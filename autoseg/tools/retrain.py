@@ -22,12 +22,12 @@ from typing import Any
 from torch import nn
 
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
-                         create_run_dir, default_config, resumed_config)
+                         create_run_dir, default_config, resumed_config, stopped_message)
 from autoseg.config import RetrainConfig, load_config
 from autoseg.data import dataset_eval_split
 from autoseg.data.check import require_valid_data
 from autoseg.engine import distributed
-from autoseg.engine.checkpoint import load_checkpoint, seed_everything
+from autoseg.engine.checkpoint import resumed_state, seed_everything
 from autoseg.engine.datasets import build_split
 from autoseg.engine.retrain_loop import RetrainRun
 from autoseg.engine.task import Task, build_task
@@ -97,14 +97,18 @@ def main(argv: list[str] | None = None) -> dict:
     meta = TrainedModelMeta(task.kind, cfg.data.dataset, task.num_classes, spec, list(train_set.class_names),
                             train_set.palette.tolist() if task.segmentation else [])
     run = RetrainRun(cfg, model, meta, task, train_set, val_set, run_dir, device)
-    if args.resume:
-        run.load_state_dict(load_checkpoint(run_dir))
-    else:
+    state = resumed_state(run_dir) if args.resume else None
+    if state is not None:
+        run.load_state_dict(state)
+    elif not args.resume:
         distributed.on_main(lambda: create_run_dir(run_dir, cfg))
     say = print if is_main() else lambda *_: None
     say(f"retraining {cfg.model.arch} ({count_parameters(model):,} parameters) on {cfg.data.dataset}, "
         f"{run.total_steps} steps, device {device} x {world_size()} process(es), run directory {run_dir}")
     record = run.run()
-    say(f"best {run.best['metric']} {run.best['value']:.2f} at epoch {run.best['epoch']}; "
-        f"wrote {run_dir / BEST_NAME}")
+    if not run.finished():
+        say(stopped_message(run.global_step, run_dir))
+    if run.best["value"] is not None:
+        say(f"best {run.best['metric']} {run.best['value']:.2f} at epoch {run.best['epoch']}; "
+            f"wrote {run_dir / BEST_NAME}")
     return record

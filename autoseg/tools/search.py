@@ -12,11 +12,11 @@ import argparse
 import json
 
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
-                         create_run_dir, default_config, resumed_config)
+                         create_run_dir, default_config, resumed_config, stopped_message)
 from autoseg.config import SearchConfig, load_config
 from autoseg.data.check import require_valid_data
 from autoseg.engine import distributed
-from autoseg.engine.checkpoint import load_checkpoint, seed_everything
+from autoseg.engine.checkpoint import resumed_state, seed_everything
 from autoseg.engine.search_loop import SearchRun
 from autoseg.engine.search_setup import build_search_data, build_search_network, check_mode_and_dataset
 from autoseg.engine.task import build_task
@@ -69,14 +69,18 @@ def main(argv: list[str] | None = None) -> dict:
     data = build_search_data(cfg)
     distributed.on_main(lambda: require_valid_data(data))
     run = SearchRun(cfg, build_search_network(cfg, task.num_classes), task, data, run_dir, device)
-    if args.resume:
-        run.load_state_dict(load_checkpoint(run_dir))
-    else:
+    state = resumed_state(run_dir) if args.resume else None
+    if state is not None:
+        run.load_state_dict(state)
+    elif not args.resume:
         distributed.on_main(lambda: create_run_dir(run_dir, cfg))
     say = print if is_main() else lambda *_: None
     say(f"searching ({cfg.mode}) on {cfg.data.dataset} with {run.model.summary()['params']:,} weight parameters, "
         f"device {device} x {world_size()} process(es), run directory {run_dir}")
     run.run()
+    if not run.finished():
+        say(stopped_message(run.global_step, run_dir))
+        return run.arch.to_dict()
     say(run.arch.describe())
     say(f"wrote {run_dir / run.arch.FILE_NAME}")
     return run.arch.to_dict()

@@ -1,0 +1,89 @@
+"""The NaN/inf guard of the training loops: what a step whose loss or gradient is not finite does.
+
+Every optimiser step reads its loss and its gradient norm (the norm gradient clipping computes
+anyway, or measured when there is no clipping) back in one transfer, the device sync each step
+already had for the progress bar; in a run of several processes the verdict is summed over them,
+so that they all decide alike. ``train.nan_policy`` says what a non-finite value does:
+
+- ``stop`` (the default): the run ends with a one-line UserError naming the value, the step and
+  the last good checkpoint, which stays on disk as it was (nothing is written after the bad step);
+  lower the learning rate or drop ``--amp`` and start again. The architecture step of a search is
+  checked in the same transfer as the weight step that follows it.
+- ``skip``: the batch's update is dropped (no optimiser step, gradients zeroed, the batch-norm
+  statistics its forward pass changed restored) and counted in the epoch's record; the position,
+  the learning-rate schedule and the data order go on. The architecture step of a search is then
+  checked on its own before Adam applies it (one more sync per step). Skipping is meant for rare
+  bad batches (a crop with no labelled pixel makes cross-entropy 0/0, a corrupt sample, a bfloat16
+  overflow); a run whose weights diverged has every batch bad, so after
+  :data:`SKIPS_IN_A_ROW_LIMIT` steps in a row with a dropped update it stops as ``stop`` does.
+
+Whatever the policy, a checkpoint is written only of finite weights (:func:`non_finite_tensors`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from autoseg.process import sum_tensor_
+
+SKIPS_IN_A_ROW_LIMIT = 20
+"""Under ``nan_policy: skip``, this many steps in a row with a dropped update end the run."""
+
+
+def gradient_norm(parameters: Iterable[nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """The total 2-norm of the parameters' gradients, after clipping them to ``max_norm`` when
+    given (``torch.nn.utils.clip_grad_norm_``, which returns the norm before clipping)."""
+    parameters = [p for p in parameters if p.grad is not None]
+    if max_norm:
+        return nn.utils.clip_grad_norm_(parameters, max_norm)
+    return nn.utils.get_total_norm([p.grad for p in parameters])
+
+
+def read_step(quantities: dict[str, torch.Tensor]) -> tuple[dict[str, float], list[str]]:
+    """The values of the named scalar tensors (this process's) and the names of those that are not
+    finite in any process, read back in one transfer."""
+    values = torch.stack([q.detach().float().reshape(()) for q in quantities.values()])
+    flags = sum_tensor_((~torch.isfinite(values)).float())
+    numbers = torch.cat([values, flags]).tolist()
+    names = list(quantities)
+    return dict(zip(names, numbers)), [name for name, flag in zip(names, numbers[len(names):]) if flag]
+
+
+def non_finite_tensors(module: nn.Module) -> list[str]:
+    """The names of ``module``'s floating-point parameters and buffers that hold a NaN or an
+    infinity (one transfer)."""
+    state = {name: t for name, t in module.state_dict().items() if t.is_floating_point() and t.numel()}
+    if not state:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for t in state.values()]).tolist()
+    return [name for name, ok in zip(state, finite) if not ok]
+
+
+def divergence_message(what: str, step: int, epoch: int, kept: str) -> str:
+    """The one-line error of a run stopped by a non-finite value; ``what`` names the value (it
+    starts with ``architecture`` for the architecture step) and ``kept`` the checkpoint left."""
+    lr = "arch_optimizer.lr" if what.startswith("architecture") else "optimizer.lr"
+    return (f"{what} at step {step} (epoch {epoch}): the training diverged; lower the learning rate ({lr}) "
+            f"or drop --amp and start again, or set train.nan_policy: skip to drop the updates of such batches; "
+            f"{kept}")
+
+
+def describe(name: str, value: float) -> str:
+    """``"the loss is nan"``, ``"the gradient norm is inf"``..."""
+    return f"the {name} is {value if math.isnan(value) or math.isinf(value) else 'not finite'}"
+
+
+class BufferSnapshot:
+    """A copy of a module's buffers (batch-norm running statistics), to undo a dropped forward pass."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.saved = [(buffer, buffer.clone()) for buffer in module.buffers()]
+
+    def restore(self) -> None:
+        """Put the copied values back."""
+        with torch.no_grad():
+            for buffer, value in self.saved:
+                buffer.copy_(value)
