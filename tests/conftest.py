@@ -41,13 +41,30 @@ def write_config(path: Path, base: str, **sections: dict) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_synthetic_config(tmp_path: Path) -> Path:
-    """A hierarchical search on 32x32 synthetic scenes that runs in seconds: 2 epochs of 4 steps."""
-    return write_config(tmp_path / "tiny_synthetic.yaml", "search/synthetic",
+def write_tiny_search_config(path: Path, **train: Any) -> Path:
+    """A hierarchical search on 32x32 synthetic scenes that runs in seconds: 2 epochs of 4 steps,
+    the first a warm-up; ``train`` settings override."""
+    return write_config(path, "search/synthetic",
                         data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
                               "batch_size": 2, "eval_batch_size": 4},
-                        model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1})
+                        model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1, **train})
+
+
+def write_tiny_retrain_config(path: Path, **train: Any) -> Path:
+    """A retraining of a small Auto-DeepLab network on 32x32 synthetic scenes: 3 epochs of 4 steps
+    (batches of 4), evaluated every epoch; ``train`` settings override."""
+    return write_config(path, "retrain/synthetic",
+                        data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
+                              "batch_size": 4, "eval_batch_size": 4, "scale_range": [0.75, 1.25]},
+                        model={"filter_multiplier": 2},
+                        optimizer={"lr": 0.02},
+                        train={"epochs": 3, "eval_every": 1, **train})
+
+
+@pytest.fixture
+def tiny_synthetic_config(tmp_path: Path) -> Path:
+    """:func:`write_tiny_search_config` as it is."""
+    return write_tiny_search_config(tmp_path / "tiny_synthetic.yaml")
 
 
 def without_timings(history: list[dict]) -> list[dict]:

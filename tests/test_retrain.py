@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_same, write_config
+from conftest import assert_same, write_config, write_tiny_retrain_config
 from fakes import write_fake_cifar10
 
 from autoseg.engine.checkpoint import load_checkpoint
@@ -29,12 +29,7 @@ def test_dry_run_counts_auto_deeplab_like_the_paper(tool, capsys, arch, millions
 
 
 def _tiny_retrain_config(tmp_path, **train):
-    return write_config(tmp_path / "tiny_retrain.yaml", "retrain/synthetic",
-                        data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
-                              "batch_size": 4, "eval_batch_size": 4, "scale_range": [0.75, 1.25]},
-                        model={"filter_multiplier": 2},
-                        optimizer={"lr": 0.02},
-                        train={"epochs": 3, "eval_every": 1, **train})
+    return write_tiny_retrain_config(tmp_path / "tiny_retrain.yaml", **train)
 
 
 def _searched_arch(tmp_path, path):

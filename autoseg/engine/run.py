@@ -200,7 +200,7 @@ class TrainingRun(abc.ABC):
         they are all finite. A non-finite one stops the run, unless ``nan_policy`` is ``skip``."""
         values, bad = read_step(quantities)
         if bad and not self.skipping:
-            raise UserError(self.divergence(describe(bad[0], values[bad[0]])))
+            raise UserError(self.divergence(describe(bad[0], values[bad[0]]), self.global_step + 1))
         return values, not bad
 
     def drop_update(self, kind: str) -> None:
@@ -212,11 +212,11 @@ class TrainingRun(abc.ABC):
         self.tally.skip(kind)
         self.dropped = True
 
-    def divergence(self, what: str) -> str:
-        """The one-line error of a run stopped by a non-finite value."""
+    def divergence(self, what: str, step: int) -> str:
+        """The one-line error of a run stopped by a non-finite value at ``step``."""
         kept = (f"the last good checkpoint (step {self.saved_step}) in {self.run_dir} is kept"
                 if self.saved_step is not None else f"no checkpoint was written in {self.run_dir}")
-        return divergence_message(what, self.global_step + 1, self.epoch + 1, kept)
+        return divergence_message(what, step, self.epoch + 1, kept)
 
     def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, Any]:
         """Train (the rest of) the current epoch, or until the run must stop; returns its training
@@ -237,7 +237,8 @@ class TrainingRun(abc.ABC):
             self.step_in_epoch += 1
             self.skips_in_a_row = self.skips_in_a_row + 1 if self.dropped else 0
             if self.skips_in_a_row >= SKIPS_IN_A_ROW_LIMIT:
-                raise UserError(self.divergence(f"{self.skips_in_a_row} steps in a row had a non-finite value"))
+                raise UserError(self.divergence(f"{self.skips_in_a_row} steps in a row had a non-finite value",
+                                                self.global_step))
             bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{self.learning_rate():.4g}")
             if writer is not None and self.global_step % self.cfg.train.log_every == 0:
                 writer.add_scalar("train/loss_step", values["loss"], self.global_step)
@@ -292,7 +293,7 @@ class TrainingRun(abc.ABC):
         ``outputs``; a model holding a NaN or an infinity is never written."""
         bad = non_finite_tensors(self.model)
         if bad:
-            raise UserError(self.divergence(f"the model's {bad[0]} is not finite"))
+            raise UserError(self.divergence(f"the model's {bad[0]} is not finite", self.global_step))
         state = self.state_dict()  # every process takes part: it gathers their RNG states
         on_main(lambda: save_checkpoint(state, self.run_dir / CHECKPOINT_NAME,
                                         self.write_outputs if outputs else None))

@@ -63,9 +63,9 @@ def non_finite_tensors(module: nn.Module) -> list[str]:
 
 
 def divergence_message(what: str, step: int, epoch: int, kept: str) -> str:
-    """The one-line error of a run stopped by a non-finite value; ``what`` names the value (it
-    starts with ``architecture`` for the architecture step) and ``kept`` the checkpoint left."""
-    lr = "arch_optimizer.lr" if what.startswith("architecture") else "optimizer.lr"
+    """The one-line error of a run stopped by a non-finite value; ``what`` names the value (one of
+    the architecture step says ``architecture``) and ``kept`` the checkpoint left."""
+    lr = "arch_optimizer.lr" if "architecture" in what else "optimizer.lr"
     return (f"{what} at step {step} (epoch {epoch}): the training diverged; lower the learning rate ({lr}) "
             f"or drop --amp and start again, or set train.nan_policy: skip to drop the updates of such batches; "
             f"{kept}")
