@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import ROOT, TINY_TRELLIS, write_config
+from conftest import ROOT, TINY_TRELLIS, assert_same, write_config
 from torch import nn
 from torch.nn import functional as F
 
@@ -123,6 +123,19 @@ def test_a_two_process_search_writes_one_run_directory(distributed_search, tool)
     arch = json.loads((tmp / "run" / "arch.json").read_text())
     (tmp / "run" / "arch.json").unlink()
     assert tool("decode")([str(tmp / "run")]) == arch
+
+
+def test_a_two_process_search_stopped_mid_epoch_resumes_to_the_uninterrupted_run(distributed_search, tmp_path):
+    tmp, config, result = distributed_search
+    assert result.returncode == 0, result.stderr[-2000:]
+    stopped = _torchrun("tools/search.py", "--config", str(config), "--out", str(tmp_path / "cut"), "--max-steps", "6")
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    state = load_checkpoint(tmp_path / "cut")
+    assert (state["global_step"], [h["epoch"] for h in state["history"]]) == (6, [1])  # no record of the stop
+    assert len(state["running"]) == PROCESSES  # each process's figures of the epoch so far
+    resumed = _torchrun("tools/search.py", "--resume", str(tmp_path / "cut"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same(load_checkpoint(tmp / "run"), load_checkpoint(tmp_path / "cut"))  # history, weights, RNG, ...
 
 
 def test_a_run_resumes_with_the_number_of_processes_it_started_with(distributed_search, tool):

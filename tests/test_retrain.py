@@ -98,6 +98,10 @@ def test_darts_cifar_retrain_with_auxiliary_head_and_drop_path(tool, tmp_path):
     assert meta.task == "classification" and model.auxiliary
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert [h["train"]["drop_path_prob"] for h in state["history"]] == [0.0, pytest.approx(0.1)]  # 0.2 * e / E
+    # stopped in the middle of the drop-path epoch and resumed: the same masks, the same run
+    tool("retrain")(["--config", str(config), "--out", str(tmp_path / "cut"), "--max-steps", "3"])
+    tool("retrain")(["--resume", str(tmp_path / "cut")])
+    assert_same(state, load_checkpoint(tmp_path / "cut" / "checkpoint.pt"))
 
 
 def test_unknown_arch_and_mismatched_settings_are_user_errors(tool, tmp_path):
