@@ -17,6 +17,7 @@ import yaml
 
 from autoseg.errors import UserError
 from autoseg.ops import PRIMITIVES, check_primitives
+from autoseg.precision import AUTOCAST_DTYPES
 
 T = TypeVar("T")
 
@@ -90,7 +91,11 @@ class TrellisModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The loop: length, bilevel schedule, device and reproducibility."""
+    """The loop: length, bilevel schedule, device and reproducibility.
+
+    ``amp``: mixed precision, off (null, the papers' float32), ``bf16`` or ``fp16`` (with gradient
+    scaling; see :mod:`autoseg.precision`).
+    """
 
     epochs: int = 50
     warmup_epochs: int = 0
@@ -98,7 +103,7 @@ class TrainConfig:
     max_steps: int | None = None
     seed: int = 2
     device: str = "auto"
-    amp: bool = False
+    amp: str | None = None
     log_every: int = 50
 
 
@@ -151,6 +156,7 @@ class RetrainTrainConfig:
 
     ``sync_batchnorm``: on several GPUs (torchrun), batch norms use the statistics of the whole
     batch (``torch.nn.SyncBatchNorm``) instead of each GPU's share, as DeepLab trains.
+    ``amp``: mixed precision, as in :class:`TrainConfig`.
     """
 
     epochs: int = 100
@@ -159,7 +165,7 @@ class RetrainTrainConfig:
     eval_every: int = 1
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
+    amp: str | None = None
     log_every: int = 50
     sync_batchnorm: bool = True
 
@@ -308,18 +314,45 @@ def _known_device(train: TrainConfig | RetrainTrainConfig, at: str) -> str | Non
     return None
 
 
+def _known_amp(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    if train.amp is not None and train.amp not in AUTOCAST_DTYPES:
+        return f"{at}amp must be one of {', '.join(AUTOCAST_DTYPES)} or null (off), got {train.amp!r}"
+    return None
+
+
 RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
     DataConfig: (_crop_fits_image, _scale_range_ordered),
     OptimizerConfig: (_lr_min_below_lr,),
     RetrainOptimizerConfig: (_lr_min_below_lr, _known_schedule),
     DartsSearchModelConfig: (_known_primitives, _multiplier_within_blocks),
     TrellisModelConfig: (_known_primitives,),
-    TrainConfig: (_warmup_below_epochs, _known_device),
-    RetrainTrainConfig: (_known_device,),
+    TrainConfig: (_warmup_below_epochs, _known_device, _known_amp),
+    RetrainTrainConfig: (_known_device, _known_amp),
 }
 """The rules that tie a setting to another one or to a list of names, per config section; each
 returns what is wrong (naming the keys under the section's prefix) or None. They run once the
 section's settings are within their :data:`BOUNDS`."""
+
+
+def _amp_from_bool(value: Any) -> Any:
+    """``amp: true`` / ``false``, as configs were written when amp meant bfloat16 or nothing: ``bf16`` / off."""
+    if isinstance(value, bool):
+        return "bf16" if value else None
+    return value
+
+
+LEGACY_VALUES: dict[type, dict[str, Callable[[Any], Any]]] = {
+    TrainConfig: {"amp": _amp_from_bool},
+    RetrainTrainConfig: {"amp": _amp_from_bool},
+}
+"""Settings whose earlier form is still read (so that saved runs resume), per config section, each
+with the function that turns an earlier value into today's."""
+
+
+def _upgraded(cls: type, name: str, value: Any) -> Any:
+    """``value`` of setting ``name`` of section ``cls`` in today's form (see :data:`LEGACY_VALUES`)."""
+    upgrade = LEGACY_VALUES.get(cls, {}).get(name)
+    return upgrade(value) if upgrade else value
 
 
 def config_problems(config: Any, where: str | None = None) -> list[str]:
@@ -411,7 +444,7 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     for name, value in data.items():
         if cls is SearchConfig and name == "model":
             continue
-        values[name] = _check_value(value, hints[name], f"{where}.{name}")
+        values[name] = _check_value(_upgraded(cls, name, value), hints[name], f"{where}.{name}")
     if cls is SearchConfig:
         mode = values.get("mode", "cifar")
         if mode not in SearchConfig.MODEL_TYPES:
@@ -459,4 +492,4 @@ def override(config: Any, dotted: str, value: Any) -> None:
     hints = typing.get_type_hints(type(target))
     if key not in hints:
         raise UserError(f"{type(target).__name__} has no setting {key!r}")
-    setattr(target, key, _check_value(value, hints[key], dotted))
+    setattr(target, key, _check_value(_upgraded(type(target), key, value), hints[key], dotted))

@@ -27,6 +27,7 @@ from autoseg.engine.run import TrainingRun
 from autoseg.engine.task import Task
 from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
 from autoseg.errors import UserError
+from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_step
 from autoseg.process import is_distributed, sum_over_processes
 
 
@@ -63,20 +64,23 @@ class RetrainRun(TrainingRun):
         else:
             raise UserError(f"optimizer.schedule must be poly or cosine, got {o.schedule!r}")
         self.criterion = task.criterion(cfg.loss, train_set, run_dir).to(device)  # class weights live on device
+        self.scaler = grad_scaler(device, t.amp)
         self.best: dict[str, Any] = {"metric": task.metric, "value": None, "epoch": None}
         self.improved = False
 
     def training_state(self) -> dict[str, Any]:
-        """The model and what rebuilds and describes it, the optimiser, the schedule, the best result."""
+        """The model and what rebuilds and describes it, the optimiser, its gradient scaler, the
+        schedule, the best result."""
         return {"meta": self.meta.to_dict(), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "best": self.best}
+                "scaler": self.scaler.state_dict(), "best": self.best}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`training_state`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        load_scaler_state(self.scaler, state.get("scaler"))
         self.best = state["best"]
 
     def stopped(self) -> bool:
@@ -101,12 +105,9 @@ class RetrainRun(TrainingRun):
         for inputs, target in bar:
             inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
+            with autocast(device, cfg.train.amp):
                 loss = self.loss(self.train_model(inputs), target)
-            loss.backward()
-            if cfg.optimizer.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.grad_clip)
-            self.optimizer.step()
+            scaled_step(loss, self.optimizer, self.scaler, self.model.parameters(), cfg.optimizer.grad_clip)
             if cfg.optimizer.schedule == "poly":
                 self.scheduler.step()
             self.global_step += 1

@@ -30,6 +30,7 @@ from autoseg.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from autoseg.engine.distributed import broadcast_buffers, process_rng_states, restore_process_rng_state
 from autoseg.engine.epoch_data import epoch_batches, evaluation_batches, set_epoch
 from autoseg.engine.task import Task
+from autoseg.precision import check_amp
 from autoseg.process import is_main
 
 SEED_STRIDE = 100_003
@@ -53,6 +54,7 @@ class TrainingRun(abc.ABC):
     """The scale the model sees evaluation images at (logits are scored at full size)."""
 
     def __init__(self, cfg: Any, task: Task, eval_set: Dataset, run_dir: Path, device: torch.device):
+        check_amp(cfg.train.amp, device)
         self.cfg, self.task, self.run_dir, self.device = cfg, task, run_dir, device
         self.eval_set = eval_set
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0

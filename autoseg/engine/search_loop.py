@@ -1,7 +1,8 @@
 """The bilevel search loop, shared by the CIFAR-10 cell search and the hierarchical search.
 
 Per step: when past the warm-up, one architecture update on a batch of half B (the
-architect), then one weight update (SGD, gradient clipping) on a batch of half A. The
+architect), then one weight update (SGD, gradient clipping) on a batch of half A; in an fp16
+run each of the two goes through its own gradient scaler (:mod:`autoseg.precision`). The
 weight learning rate follows a cosine schedule per epoch. Every epoch ends (through
 :class:`~autoseg.engine.run.TrainingRun`) with an evaluation, the architecture decoded once,
 TensorBoard scalars and images, the architecture file and an atomic checkpoint; ``max_steps``
@@ -28,6 +29,7 @@ from autoseg.engine.run import TrainingRun
 from autoseg.engine.task import Task
 from autoseg.errors import UserError
 from autoseg.files import write_json
+from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_step
 from autoseg.process import sum_over_processes
 from autoseg.search.architect import Architect
 from autoseg.search.network import SearchNetwork
@@ -63,14 +65,18 @@ class SearchRun(TrainingRun):
                                                                     eta_min=o.lr_min)
         self.a_optimizer = torch.optim.Adam(self.model.arch_parameters(), lr=a.lr, betas=tuple(a.betas),
                                             weight_decay=a.weight_decay)
+        # fp16: one gradient scaler per optimiser, so an overflow in one step skips only that step
+        self.w_scaler, self.a_scaler = grad_scaler(device, cfg.train.amp), grad_scaler(device, cfg.train.amp)
         self.architect = Architect(self.model, self.criterion, self.a_optimizer, self.w_optimizer,
-                                   unrolled=cfg.train.unrolled)
+                                   unrolled=cfg.train.unrolled, scaler=self.a_scaler)
         self.arch: Architecture = self.model.decode()
 
     def training_state(self) -> dict[str, Any]:
-        """Supernet, both optimisers, the schedule, the search mode and the current architecture."""
+        """Supernet, both optimisers and their gradient scalers, the schedule, the search mode and the
+        current architecture."""
         return {"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
                 "a_optimizer": self.a_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "w_scaler": self.w_scaler.state_dict(), "a_scaler": self.a_scaler.state_dict(),
                 "mode": self.cfg.mode, "arch": self.arch.to_dict()}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
@@ -79,6 +85,8 @@ class SearchRun(TrainingRun):
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.a_optimizer.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        load_scaler_state(self.w_scaler, state.get("w_scaler"))
+        load_scaler_state(self.a_scaler, state.get("a_scaler"))
         self.arch = self.model.decode()
 
     def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, Any]:
@@ -94,17 +102,14 @@ class SearchRun(TrainingRun):
         bar = self.progress(batches, "" if search_arch else " (warm-up)")
         for _, (inputs, target), arch_batch in bar:
             inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
+            with autocast(device, cfg.train.amp):
                 if arch_batch is not None:
                     v_inputs, v_target = arch_batch
                     arch_loss = self.architect.step((inputs, target), (v_inputs.to(device), v_target.to(device)), lr)
                 self.w_optimizer.zero_grad(set_to_none=True)
                 logits = self.train_model(inputs)
                 loss = self.criterion(logits.float(), target)
-            loss.backward()
-            if cfg.optimizer.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), cfg.optimizer.grad_clip)
-            self.w_optimizer.step()
+            scaled_step(loss, self.w_optimizer, self.w_scaler, self.model.weight_parameters(), cfg.optimizer.grad_clip)
             self.global_step += 1
             self.step_in_epoch += 1
             loss_value = loss.item()
