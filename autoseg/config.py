@@ -124,7 +124,11 @@ class SearchConfig:
 
 @dataclass
 class RetrainModelConfig:
-    """Which architecture to train and the factory settings that size it (unset = model default)."""
+    """Which architecture to train and the factory settings that size it (unset = model default).
+
+    ``init_from``: the retrain checkpoint whose matching weights the model starts from (see
+    :mod:`autoseg.engine.fine_tune`); null trains from the fresh initialisation.
+    """
 
     arch: str = "autodeeplab-paper"
     filter_multiplier: int | None = None
@@ -135,6 +139,7 @@ class RetrainModelConfig:
     auxiliary_weight: float = 0.4
     drop_path_prob: float = 0.0
     encoder_weights: str | None = None
+    init_from: str | None = None
 
 
 @dataclass
