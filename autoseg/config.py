@@ -218,6 +218,8 @@ class Bounds:
         """Whether ``value`` (a number, a pair of numbers or None) lies within the bounds."""
         if isinstance(value, (list, tuple)):
             return all(self.admits(v) for v in value)
+        if isinstance(value, str):  # a named choice (e.g. class_weights: median_frequency), checked where used
+            return True
         return value is None or not (
             self.low is not None and (value < self.low or (self.low_open and value == self.low))
             or self.high is not None and (value > self.high or (self.high_open and value == self.high)))
@@ -253,6 +255,8 @@ BOUNDS: dict[type, dict[str, Bounds]] = {
                          "drop_path_prob": _FRACTION},
     RetrainOptimizerConfig: {"lr": _POSITIVE, "momentum": _FRACTION, "weight_decay": _NON_NEGATIVE,
                              "poly_power": _POSITIVE, "lr_min": _NON_NEGATIVE, "grad_clip": _POSITIVE},
+    LossConfig: {"class_weights": _NON_NEGATIVE, "ohem_threshold": Bounds(0, 1, low_open=True),
+                 "ohem_min_kept": _NON_NEGATIVE, "focal_gamma": _NON_NEGATIVE},
     RetrainTrainConfig: {"epochs": _COUNT, "iterations": _COUNT, "max_steps": _COUNT, "eval_every": _COUNT,
                          "seed": _SEED, "log_every": _COUNT},
 }
