@@ -18,6 +18,7 @@ from autoseg.config import load_config, override, save_config, validate_config
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
 from autoseg.errors import UserError
+from autoseg.precision import AUTOCAST_DTYPES
 
 T = TypeVar("T")
 
@@ -39,6 +40,13 @@ COMMON_FLAGS: dict[str, str] = {
 """Command-line flag (argparse dest) -> dotted config key."""
 
 
+def add_amp_argument(parser: argparse.ArgumentParser) -> None:
+    """``--amp [{bf16,fp16}]``: mixed precision; ``--amp`` alone is bfloat16, absent is off."""
+    parser.add_argument("--amp", nargs="?", const="bf16", choices=tuple(AUTOCAST_DTYPES), default=None,
+                        help="mixed precision: autocast in bfloat16 (--amp, --amp bf16) or float16 with gradient "
+                             "scaling (--amp fp16, for GPUs without bfloat16: V100, T4, RTX 20xx)")
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every training tool shares."""
     parser.add_argument("--config", type=Path, help="experiment YAML (default: the one for --dataset in configs/)")
@@ -53,7 +61,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in total (quick tries)")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--workers", type=int, help="data loader worker processes")
-    parser.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast for the forward passes")
+    add_amp_argument(parser)
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run in RUN_DIR")
     parser.add_argument("--dry-run", action="store_true",
                         help="build everything that needs no data, print a JSON summary line and exit")

@@ -17,6 +17,7 @@ import yaml
 
 from autoseg.errors import UserError
 from autoseg.ops import PRIMITIVES, check_primitives
+from autoseg.precision import AUTOCAST_DTYPES
 
 T = TypeVar("T")
 
@@ -92,10 +93,11 @@ class TrellisModelConfig:
 class TrainConfig:
     """The loop: length, bilevel schedule, device and reproducibility.
 
-    ``nan_policy``: what a step whose loss or gradient is not finite does, ``stop`` the run or
-    ``skip`` the batch's update (see :mod:`autoseg.engine.step_guard`). ``checkpoint_every_steps``:
-    also write the checkpoint every that many optimiser steps within an epoch (null: only at the
-    end of an epoch).
+    ``amp``: mixed precision, off (null, the papers' float32), ``bf16`` or ``fp16`` (with gradient
+    scaling; see :mod:`autoseg.precision`). ``nan_policy``: what a step whose loss or gradient is
+    not finite does, ``stop`` the run or ``skip`` the batch's update (see
+    :mod:`autoseg.engine.step_guard`). ``checkpoint_every_steps``: also write the checkpoint every
+    that many optimiser steps within an epoch (null: only at the end of an epoch).
     """
 
     epochs: int = 50
@@ -104,7 +106,7 @@ class TrainConfig:
     max_steps: int | None = None
     seed: int = 2
     device: str = "auto"
-    amp: bool = False
+    amp: str | None = None
     log_every: int = 50
     nan_policy: str = "stop"
     checkpoint_every_steps: int | None = None
@@ -127,7 +129,11 @@ class SearchConfig:
 
 @dataclass
 class RetrainModelConfig:
-    """Which architecture to train and the factory settings that size it (unset = model default)."""
+    """Which architecture to train and the factory settings that size it (unset = model default).
+
+    ``init_from``: the retrain checkpoint whose matching weights the model starts from (see
+    :mod:`autoseg.engine.fine_tune`); null trains from the fresh initialisation.
+    """
 
     arch: str = "autodeeplab-paper"
     filter_multiplier: int | None = None
@@ -138,6 +144,7 @@ class RetrainModelConfig:
     auxiliary_weight: float = 0.4
     drop_path_prob: float = 0.0
     encoder_weights: str | None = None
+    init_from: str | None = None
 
 
 @dataclass
@@ -159,7 +166,7 @@ class RetrainTrainConfig:
 
     ``sync_batchnorm``: on several GPUs (torchrun), batch norms use the statistics of the whole
     batch (``torch.nn.SyncBatchNorm``) instead of each GPU's share, as DeepLab trains.
-    ``nan_policy`` and ``checkpoint_every_steps`` as in :class:`TrainConfig`.
+    ``amp``, ``nan_policy`` and ``checkpoint_every_steps`` as in :class:`TrainConfig`.
     """
 
     epochs: int = 100
@@ -168,7 +175,7 @@ class RetrainTrainConfig:
     eval_every: int = 1
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
+    amp: str | None = None
     log_every: int = 50
     sync_batchnorm: bool = True
     nan_policy: str = "stop"
@@ -218,6 +225,8 @@ class Bounds:
         """Whether ``value`` (a number, a pair of numbers or None) lies within the bounds."""
         if isinstance(value, (list, tuple)):
             return all(self.admits(v) for v in value)
+        if isinstance(value, str):  # a named choice (e.g. class_weights: median_frequency), checked where used
+            return True
         return value is None or not (
             self.low is not None and (value < self.low or (self.low_open and value == self.low))
             or self.high is not None and (value > self.high or (self.high_open and value == self.high)))
@@ -253,6 +262,8 @@ BOUNDS: dict[type, dict[str, Bounds]] = {
                          "drop_path_prob": _FRACTION},
     RetrainOptimizerConfig: {"lr": _POSITIVE, "momentum": _FRACTION, "weight_decay": _NON_NEGATIVE,
                              "poly_power": _POSITIVE, "lr_min": _NON_NEGATIVE, "grad_clip": _POSITIVE},
+    LossConfig: {"class_weights": _NON_NEGATIVE, "ohem_threshold": Bounds(0, 1, low_open=True),
+                 "ohem_min_kept": _NON_NEGATIVE, "focal_gamma": _NON_NEGATIVE},
     RetrainTrainConfig: {"epochs": _COUNT, "iterations": _COUNT, "max_steps": _COUNT, "eval_every": _COUNT,
                          "seed": _SEED, "log_every": _COUNT, "checkpoint_every_steps": _COUNT},
 }
@@ -326,18 +337,45 @@ def _known_nan_policy(train: TrainConfig | RetrainTrainConfig, at: str) -> str |
     return None
 
 
+def _known_amp(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    if train.amp is not None and train.amp not in AUTOCAST_DTYPES:
+        return f"{at}amp must be one of {', '.join(AUTOCAST_DTYPES)} or null (off), got {train.amp!r}"
+    return None
+
+
 RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
     DataConfig: (_crop_fits_image, _scale_range_ordered),
     OptimizerConfig: (_lr_min_below_lr,),
     RetrainOptimizerConfig: (_lr_min_below_lr, _known_schedule),
     DartsSearchModelConfig: (_known_primitives, _multiplier_within_blocks),
     TrellisModelConfig: (_known_primitives,),
-    TrainConfig: (_warmup_below_epochs, _known_device, _known_nan_policy),
-    RetrainTrainConfig: (_known_device, _known_nan_policy),
+    TrainConfig: (_warmup_below_epochs, _known_device, _known_amp, _known_nan_policy),
+    RetrainTrainConfig: (_known_device, _known_amp, _known_nan_policy),
 }
 """The rules that tie a setting to another one or to a list of names, per config section; each
 returns what is wrong (naming the keys under the section's prefix) or None. They run once the
 section's settings are within their :data:`BOUNDS`."""
+
+
+def _amp_from_bool(value: Any) -> Any:
+    """``amp: true`` / ``false``, as configs were written when amp meant bfloat16 or nothing: ``bf16`` / off."""
+    if isinstance(value, bool):
+        return "bf16" if value else None
+    return value
+
+
+LEGACY_VALUES: dict[type, dict[str, Callable[[Any], Any]]] = {
+    TrainConfig: {"amp": _amp_from_bool},
+    RetrainTrainConfig: {"amp": _amp_from_bool},
+}
+"""Settings whose earlier form is still read (so that saved runs resume), per config section, each
+with the function that turns an earlier value into today's."""
+
+
+def _upgraded(cls: type, name: str, value: Any) -> Any:
+    """``value`` of setting ``name`` of section ``cls`` in today's form (see :data:`LEGACY_VALUES`)."""
+    upgrade = LEGACY_VALUES.get(cls, {}).get(name)
+    return upgrade(value) if upgrade else value
 
 
 def config_problems(config: Any, where: str | None = None) -> list[str]:
@@ -429,7 +467,7 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     for name, value in data.items():
         if cls is SearchConfig and name == "model":
             continue
-        values[name] = _check_value(value, hints[name], f"{where}.{name}")
+        values[name] = _check_value(_upgraded(cls, name, value), hints[name], f"{where}.{name}")
     if cls is SearchConfig:
         mode = values.get("mode", "cifar")
         if mode not in SearchConfig.MODEL_TYPES:
@@ -477,4 +515,4 @@ def override(config: Any, dotted: str, value: Any) -> None:
     hints = typing.get_type_hints(type(target))
     if key not in hints:
         raise UserError(f"{type(target).__name__} has no setting {key!r}")
-    setattr(target, key, _check_value(value, hints[key], dotted))
+    setattr(target, key, _check_value(_upgraded(type(target), key, value), hints[key], dotted))

@@ -8,7 +8,7 @@ from autoseg.search.architect import Architect
 from autoseg.search.darts_network import DartsSearchNetwork
 
 
-def _setup(unrolled: bool, fd_epsilon: float = 0.01):
+def _setup(unrolled: bool, fd_epsilon: float = 0.01, scaler: torch.amp.GradScaler | None = None):
     torch.manual_seed(0)
     model = DartsSearchNetwork(num_classes=3, init_channels=4, layers=3, num_blocks=2, multiplier=2).double()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
@@ -18,7 +18,7 @@ def _setup(unrolled: bool, fd_epsilon: float = 0.01):
     w_opt.step()
     w_opt.zero_grad()
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-    return model, Architect(model, F.cross_entropy, a_opt, w_opt, unrolled, fd_epsilon), train, valid, w_opt
+    return model, Architect(model, F.cross_entropy, a_opt, w_opt, unrolled, fd_epsilon, scaler), train, valid, w_opt
 
 
 def _loss(model, params, inputs, target):
@@ -59,3 +59,41 @@ def test_step_updates_alpha_only(unrolled):
     architect.step(train, valid, xi=0.1)
     assert all(torch.equal(w, v) for w, v in zip(weights, model.weight_parameters()))
     assert all(not torch.equal(a, b) for a, b in zip(alphas, model.arch_parameters()))
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_a_scaled_step_makes_the_unscaled_update(unrolled):
+    """fp16's gradient scaling: the scaled gradients, unscaled by the scaler, give the same update."""
+    plain, plain_architect, train, valid, _ = _setup(unrolled)
+    scaled, scaled_architect, _, _, _ = _setup(unrolled, scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 12))
+    plain_architect.step(train, valid, xi=0.1)
+    scaled_architect.step(train, valid, xi=0.1)
+    assert scaled_architect.scaler.get_scale() == 2.0 ** 12  # a step was taken, no overflow
+    for a, b in zip(plain.arch_parameters(), scaled.arch_parameters()):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert all(not torch.equal(a, b) for a, b in zip(plain.arch_parameters(), _setup(unrolled)[0].arch_parameters()))
+    for a, b in zip(plain.weight_parameters(), scaled.weight_parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_a_scaled_step_that_overflows_is_skipped_and_the_scale_backs_off(unrolled):
+    model, architect, train, valid, _ = _setup(unrolled, scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 12))
+    alphas = [a.detach().clone() for a in model.arch_parameters()]
+    broken = valid[0].clone()
+    broken[0, 0, 0, 0] = float("inf")
+    architect.step(train, (broken, valid[1]), xi=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(alphas, model.arch_parameters()))
+    assert architect.scaler.get_scale() == 2.0 ** 11
+
+
+def test_the_finite_difference_hessian_product_runs_in_float32_under_autocast():
+    """Half precision cannot resolve the weights moved by eps v: the two passes run in float32."""
+    model, architect, train, _, _ = _setup(unrolled=True)
+    model.float()
+    batch = (train[0].float(), train[1])
+    vector = [torch.randn_like(w) for w in architect.weight_params]
+    exact = architect.hessian_vector_product(vector, batch)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            assert all(torch.equal(a, b) for a, b in zip(exact, architect.hessian_vector_product(vector, batch)))

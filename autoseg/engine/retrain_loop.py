@@ -23,11 +23,11 @@ from autoseg.config import RetrainConfig
 from autoseg.engine.distributed import data_parallel
 from autoseg.engine.epoch_data import check_segmentation_batch_size
 from autoseg.engine.run import TrainingRun, TrainStep
-from autoseg.engine.step_guard import gradient_norm
 from autoseg.engine.task import Task
 from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
 from autoseg.errors import UserError
 from autoseg.files import atomic_write
+from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
 from autoseg.process import is_distributed
 
 
@@ -64,20 +64,23 @@ class RetrainRun(TrainingRun):
         else:
             raise UserError(f"optimizer.schedule must be poly or cosine, got {o.schedule!r}")
         self.criterion = task.criterion(cfg.loss, train_set, run_dir).to(device)  # class weights live on device
+        self.scaler = grad_scaler(device, t.amp)
         self.best: dict[str, Any] = {"metric": task.metric, "value": None, "epoch": None}
         self.improved = False
 
     def training_state(self) -> dict[str, Any]:
-        """The model and what rebuilds and describes it, the optimiser, the schedule, the best result."""
+        """The model and what rebuilds and describes it, the optimiser, its gradient scaler, the
+        schedule, the best result."""
         return {"meta": self.meta.to_dict(), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "best": self.best}
+                "scaler": self.scaler.state_dict(), "best": self.best}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`training_state`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        load_scaler_state(self.scaler, state.get("scaler"))
         self.best = state["best"]
 
     def finished(self) -> bool:
@@ -107,15 +110,16 @@ class RetrainRun(TrainingRun):
         inputs, target = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         self.mark_buffers()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp):
+        with autocast(device, self.cfg.train.amp):
             loss = self.loss(self.train_model(inputs), target)
-        loss.backward()
-        return TrainStep(loss, gradient_norm(self.model.parameters(), self.cfg.optimizer.grad_clip))
+        grad_norm = scaled_backward(loss, self.optimizer, self.scaler, self.model.parameters(),
+                                    self.cfg.optimizer.grad_clip)
+        return TrainStep(loss, None if self.scaler.is_enabled() else grad_norm)
 
     def update(self, apply: bool) -> None:
-        """The SGD step, and the poly schedule's step (it follows the iterations, dropped or not)."""
-        if apply:
-            self.optimizer.step()
+        """The SGD step through the gradient scaler, and the poly schedule's step (it follows the
+        iterations, dropped or not)."""
+        scaled_update(self.optimizer, self.scaler, apply)
         if self.cfg.optimizer.schedule == "poly":
             self.scheduler.step()
 

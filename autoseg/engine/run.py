@@ -40,6 +40,7 @@ from autoseg.engine.step_guard import (SKIPS_IN_A_ROW_LIMIT, BufferSnapshot, des
 from autoseg.engine.task import Task
 from autoseg.errors import UserError
 from autoseg.files import remove_interrupted_writes
+from autoseg.precision import check_amp
 from autoseg.process import gather_objects, is_main, rank
 
 SEED_STRIDE = 100_003
@@ -49,11 +50,12 @@ SEED_STRIDE = 100_003
 @dataclass
 class TrainStep:
     """What a subclass's :meth:`~TrainingRun.train_step` computed, before the update: the loss and
-    the gradient norm (tensors, not read back yet), the logits and targets for a training metric,
-    and further scalars to check with them (a search's architecture loss)."""
+    the gradient norm (tensors, not read back yet; no norm where a gradient scaler checks the
+    gradients), the logits and targets for a training metric, and further scalars to check with
+    them (a search's architecture loss)."""
 
     loss: torch.Tensor
-    grad_norm: torch.Tensor
+    grad_norm: torch.Tensor | None
     logits: torch.Tensor | None = None
     target: torch.Tensor | None = None
     checks: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -78,6 +80,7 @@ class TrainingRun(abc.ABC):
     """Whether the training figures include the task's metric on the training batches."""
 
     def __init__(self, cfg: Any, task: Task, eval_set: Dataset, run_dir: Path, device: torch.device):
+        check_amp(cfg.train.amp, device)
         self.cfg, self.task, self.run_dir, self.device = cfg, task, run_dir, device
         self.eval_set = eval_set
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -227,7 +230,8 @@ class TrainingRun(abc.ABC):
         for batch in bar:
             self.dropped = False
             step = self.train_step(batch)
-            values, finite = self.check({**step.checks, "loss": step.loss, "gradient norm": step.grad_norm})
+            norm = {} if step.grad_norm is None else {"gradient norm": step.grad_norm}
+            values, finite = self.check({**step.checks, "loss": step.loss, **norm})
             if finite:
                 self.tally.add(values["loss"], step.logits, step.target)
             else:

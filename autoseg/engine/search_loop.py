@@ -1,7 +1,8 @@
 """The bilevel search loop, shared by the CIFAR-10 cell search and the hierarchical search.
 
 Per step: when past the warm-up, one architecture update on a batch of half B (the
-architect), then one weight update (SGD, gradient clipping) on a batch of half A. The
+architect), then one weight update (SGD, gradient clipping) on a batch of half A; in an fp16
+run each of the two goes through its own gradient scaler (:mod:`autoseg.precision`). The
 weight learning rate follows a cosine schedule per epoch. Every epoch ends (through
 :class:`~autoseg.engine.run.TrainingRun`) with an evaluation, the architecture decoded once,
 TensorBoard scalars and images, the architecture file and an atomic checkpoint; ``max_steps``
@@ -25,10 +26,10 @@ from autoseg.config import SearchConfig
 from autoseg.engine.distributed import data_parallel
 from autoseg.engine.epoch_data import check_segmentation_batch_size
 from autoseg.engine.run import TrainingRun, TrainStep
-from autoseg.engine.step_guard import gradient_norm
 from autoseg.engine.task import Task
 from autoseg.errors import UserError
 from autoseg.files import write_json
+from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
 from autoseg.search.architect import Architect, Batch
 from autoseg.search.network import SearchNetwork
 
@@ -64,15 +65,19 @@ class SearchRun(TrainingRun):
                                                                     eta_min=o.lr_min)
         self.a_optimizer = torch.optim.Adam(self.model.arch_parameters(), lr=a.lr, betas=tuple(a.betas),
                                             weight_decay=a.weight_decay)
+        # fp16: one gradient scaler per optimiser, so an overflow in one step skips only that step
+        self.w_scaler, self.a_scaler = grad_scaler(device, cfg.train.amp), grad_scaler(device, cfg.train.amp)
         self.architect = Architect(self.model, self.criterion, self.a_optimizer, self.w_optimizer,
-                                   unrolled=cfg.train.unrolled)
+                                   unrolled=cfg.train.unrolled, scaler=self.a_scaler)
         self.arch: Architecture = self.model.decode()
         self.arch_loss: torch.Tensor | None = None
 
     def training_state(self) -> dict[str, Any]:
-        """Supernet, both optimisers, the schedule, the search mode and the current architecture."""
+        """Supernet, both optimisers and their gradient scalers, the schedule, the search mode and the
+        current architecture."""
         return {"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
                 "a_optimizer": self.a_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "w_scaler": self.w_scaler.state_dict(), "a_scaler": self.a_scaler.state_dict(),
                 "mode": self.cfg.mode, "arch": self.arch.to_dict()}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
@@ -81,6 +86,8 @@ class SearchRun(TrainingRun):
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.a_optimizer.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        load_scaler_state(self.w_scaler, state.get("w_scaler"))
+        load_scaler_state(self.a_scaler, state.get("a_scaler"))
         self.arch = architecture_from_dict(state["arch"], "the checkpoint's architecture")
 
     def epoch_batches(self) -> Iterable[tuple[Batch, Batch | None]]:
@@ -106,7 +113,7 @@ class SearchRun(TrainingRun):
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         checks: dict[str, torch.Tensor] = {}
         self.arch_loss = None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
+        with autocast(device, cfg.train.amp):
             if arch_batch is not None:
                 v_inputs, v_target = arch_batch
                 checks = self.architecture_step((inputs, target), (v_inputs.to(device), v_target.to(device)))
@@ -114,9 +121,10 @@ class SearchRun(TrainingRun):
             self.mark_buffers()
             logits = self.train_model(inputs)
             loss = self.criterion(logits.float(), target)
-        loss.backward()
-        grad_norm = gradient_norm(self.model.weight_parameters(), cfg.optimizer.grad_clip)
-        return TrainStep(loss, grad_norm, logits.detach().float(), target, checks)
+        grad_norm = scaled_backward(loss, self.w_optimizer, self.w_scaler, self.model.weight_parameters(),
+                                    cfg.optimizer.grad_clip)
+        return TrainStep(loss, None if self.w_scaler.is_enabled() else grad_norm, logits.detach().float(), target,
+                         checks)
 
     def architecture_step(self, train_batch: Batch, valid_batch: Batch) -> dict[str, torch.Tensor]:
         """The architect's update; returns its loss and gradient norm to check with the weight
@@ -125,7 +133,9 @@ class SearchRun(TrainingRun):
         self.mark_buffers()
         loss, grads = self.architect.gradient(train_batch, valid_batch, self.scheduler.get_last_lr()[0])
         self.arch_loss = loss
-        quantities = {"architecture loss": loss, "architecture gradient norm": torch.nn.utils.get_total_norm(grads)}
+        quantities = {"architecture loss": loss}
+        if not self.a_scaler.is_enabled():  # fp16: overflows are the scaler's to skip
+            quantities["architecture gradient norm"] = torch.nn.utils.get_total_norm(grads)
         if not self.skipping:
             self.architect.apply(grads)
             return quantities
@@ -136,9 +146,8 @@ class SearchRun(TrainingRun):
         return {}
 
     def update(self, apply: bool) -> None:
-        """The weights' SGD step (the schedule steps per epoch)."""
-        if apply:
-            self.w_optimizer.step()
+        """The weights' SGD step through their gradient scaler (the schedule steps per epoch)."""
+        scaled_update(self.w_optimizer, self.w_scaler, apply)
 
     def learning_rate(self) -> float:
         """The weights' learning rate of this epoch."""

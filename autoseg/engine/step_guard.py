@@ -1,9 +1,11 @@
 """The NaN/inf guard of the training loops: what a step whose loss or gradient is not finite does.
 
 Every optimiser step reads its loss and its gradient norm (the norm gradient clipping computes
-anyway, or measured when there is no clipping) back in one transfer, the device sync each step
-already had for the progress bar; in a run of several processes the verdict is summed over them,
-so that they all decide alike. ``train.nan_policy`` says what a non-finite value does:
+anyway, or measured when there is no clipping; see :func:`autoseg.precision.scaled_backward`)
+back in one transfer, the device sync each step already had for the progress bar; in a run of
+several processes the verdict is summed over them, so that they all decide alike. In an fp16 run
+the gradient norm is left to the gradient scaler, whose overflows are expected and skip the step
+on their own; the losses are still checked. ``train.nan_policy`` says what a non-finite value does:
 
 - ``stop`` (the default): the run ends with a one-line UserError naming the value, the step and
   the last good checkpoint, which stays on disk as it was (nothing is written after the bad step);
@@ -22,7 +24,6 @@ Whatever the policy, a checkpoint is written only of finite weights (:func:`non_
 from __future__ import annotations
 
 import math
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -31,15 +32,6 @@ from autoseg.process import sum_tensor_
 
 SKIPS_IN_A_ROW_LIMIT = 20
 """Under ``nan_policy: skip``, this many steps in a row with a dropped update end the run."""
-
-
-def gradient_norm(parameters: Iterable[nn.Parameter], max_norm: float | None) -> torch.Tensor:
-    """The total 2-norm of the parameters' gradients, after clipping them to ``max_norm`` when
-    given (``torch.nn.utils.clip_grad_norm_``, which returns the norm before clipping)."""
-    parameters = [p for p in parameters if p.grad is not None]
-    if max_norm:
-        return nn.utils.clip_grad_norm_(parameters, max_norm)
-    return nn.utils.get_total_norm([p.grad for p in parameters])
 
 
 def read_step(quantities: dict[str, torch.Tensor]) -> tuple[dict[str, float], list[str]]:

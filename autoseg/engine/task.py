@@ -23,6 +23,7 @@ from autoseg.data.transforms import IGNORE_INDEX
 from autoseg.inference import InferenceProtocol
 from autoseg.losses import training_criterion
 from autoseg.metrics import AccuracyMeter, ConfusionMeter
+from autoseg.precision import autocast
 from autoseg.process import is_main, sum_over_processes
 
 TASKS = ("segmentation", "classification")
@@ -84,7 +85,7 @@ class Task:
         return float(total), count
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False,
+    def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, amp: str | None = None,
                  input_scale: float = 1.0, protocol: InferenceProtocol = InferenceProtocol()) -> dict[str, Any]:
         """The model's mean loss and metrics (:meth:`metrics`) over ``loader``, in eval mode
         (left in eval mode); over every process's loader in a run of several processes.
@@ -93,7 +94,7 @@ class Task:
         scale it was trained at, e.g. 0.5 for a search on half-resolution Cityscapes) and its
         logits are resized back, so the metrics are always computed on the full-size masks;
         ``protocol`` adds multi-scale, flipped or sliding-window inference (its scales multiply
-        ``input_scale``).
+        ``input_scale``). ``amp`` (``bf16``, ``fp16``) runs the forward passes in autocast.
         """
         protocol = protocol.at_scale(input_scale)
         model.eval()
@@ -102,7 +103,7 @@ class Task:
         for images, target in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True,
                                    disable=None if is_main() else True):
             images, target = images.to(device), target.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(device, amp):
                 logits = protocol.logits(model, images) if self.segmentation else main_logits(model(images)).float()
             batch_loss, batch_count = self.loss_sum(logits, target)
             loss, count = loss + batch_loss, count + batch_count

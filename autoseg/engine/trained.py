@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoseg.engine.checkpoint import load_checkpoint
+from autoseg.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from autoseg.errors import UserError
 from autoseg.models.spec import build_model
 
@@ -55,11 +55,9 @@ class TrainedModelMeta:
                             "tools/retrain.py") from None
 
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
-                       ) -> tuple[nn.Module, TrainedModelMeta, dict[str, Any]]:
-    """The trained model of a retrain checkpoint (a run directory, ``best.pt`` or
-    ``checkpoint.pt``) in eval mode on ``device``, its :class:`TrainedModelMeta` and the whole
-    checkpoint. A run directory loads its ``best.pt`` when there is one."""
+def load_trained_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The file and the contents of a retrain checkpoint (a run directory, ``best.pt`` or
+    ``checkpoint.pt``); a run directory gives its ``best.pt`` when there is one."""
     path = Path(path)
     if path.is_dir() and (path / BEST_NAME).is_file():
         path = path / BEST_NAME
@@ -67,6 +65,15 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
     if state.get("kind") != "retrain":
         raise UserError(f"{path} is not a checkpoint of tools/retrain.py (search checkpoints hold a supernet: "
                         "decode it with tools/decode.py and retrain the result)")
+    return path if path.is_file() else path / CHECKPOINT_NAME, state
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu"
+                       ) -> tuple[nn.Module, TrainedModelMeta, dict[str, Any]]:
+    """The trained model of a retrain checkpoint (a run directory, ``best.pt`` or
+    ``checkpoint.pt``) in eval mode on ``device``, its :class:`TrainedModelMeta` and the whole
+    checkpoint. A run directory loads its ``best.pt`` when there is one."""
+    _, state = load_trained_checkpoint(path)
     meta = TrainedModelMeta.from_checkpoint(state)
     model = build_model(meta.model_spec, meta.num_classes)
     model.load_state_dict(state["model"])

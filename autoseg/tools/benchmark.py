@@ -1,7 +1,8 @@
 """Time the search supernets: median weight step and architecture step, and peak memory.
 
     autoseg benchmark --mode hierarchical --filter-multiplier 8 --crop-size 65 --batch-size 2
-    autoseg benchmark --mode hierarchical --crop-size 321 --device cuda --amp
+    autoseg benchmark --mode hierarchical --crop-size 321 --device cuda --amp        # bfloat16
+    autoseg benchmark --mode hierarchical --crop-size 321 --device cuda --amp fp16   # V100, T4
     autoseg benchmark --mode cifar --batch-size 64
 
 Random inputs of the given size; the sizes default to each mode's paper setting. Prints one
@@ -22,9 +23,11 @@ import time
 
 import torch
 
+from autoseg.cli import add_amp_argument
 from autoseg.config import DartsSearchModelConfig, SearchConfig, TrellisModelConfig
 from autoseg.engine.checkpoint import resolve_device
 from autoseg.engine.search_setup import build_search_network
+from autoseg.precision import autocast, check_amp, grad_scaler, scaled_step
 from autoseg.profiling import saved_activation_bytes
 from autoseg.search.architect import Architect
 
@@ -42,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="default 2 hierarchical, 64 cifar")
     p.add_argument("--num-classes", type=int, help="default 19 hierarchical, 10 cifar")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    add_amp_argument(p)
     p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cells in backward (hierarchical)")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind (0: memory figures only)")
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    check_amp(args.amp, device)
     hierarchical = args.mode == "hierarchical"
     if hierarchical:
         model_cfg = TrellisModelConfig(layers=args.layers or 12, levels=args.levels, blocks=args.blocks or 5,
@@ -80,20 +84,21 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255) if hierarchical else torch.nn.CrossEntropyLoss()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-3, weight_decay=1e-3)
-    architect = Architect(model, criterion, a_opt, w_opt, unrolled=args.unrolled)
+    w_scaler = grad_scaler(device, args.amp)
+    architect = Architect(model, criterion, a_opt, w_opt, unrolled=args.unrolled,
+                          scaler=grad_scaler(device, args.amp))
     inputs = torch.randn(batch, 3, size, size, device=device)
     target = (torch.randint(0, classes, (batch, size, size)) if hierarchical
               else torch.randint(0, classes, (batch,))).to(device)
 
     def weight_step() -> None:
         w_opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        with autocast(device, args.amp):
             loss = criterion(model(inputs).float(), target)
-        loss.backward()
-        w_opt.step()
+        scaled_step(loss, w_opt, w_scaler, model.weight_parameters(), grad_clip=None)
 
     def arch_step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        with autocast(device, args.amp):
             architect.step((inputs, target), (inputs, target), 0.025)
 
     timings = {}
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if not args.steps + args.warmup:  # no step ran: there is no step's peak to report
         peak["peak_memory_mb"] = None
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+    with autocast(device, args.amp):
         saved = saved_activation_bytes(lambda: criterion(model(inputs).float(), target))
     result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp,
               "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells, "batch_size": batch,

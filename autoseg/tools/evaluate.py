@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from autoseg.cli import apply_overrides
+from autoseg.cli import add_amp_argument, apply_overrides
 from autoseg.config import DataConfig, from_dict
 from autoseg.data import dataset_eval_split
 from autoseg.engine.checkpoint import resolve_device
@@ -33,6 +33,7 @@ from autoseg.engine.task import Task
 from autoseg.engine.trained import load_trained_model
 from autoseg.errors import UserError
 from autoseg.inference import InferenceProtocol, add_protocol_arguments, protocol_from_args
+from autoseg.precision import check_amp
 
 DATA_FLAGS = {"data_root": "root", "num_classes": "num_classes", "batch_size": "eval_batch_size"}
 """Command-line flag (argparse dest) -> key of the checkpoint's ``data`` config it overrides."""
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the config's eval_batch_size)")
     parser.add_argument("--max-batches", type=int, help="evaluate only this many batches (default: the whole split)")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the forward passes")
+    add_amp_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line instead of a table")
     add_protocol_arguments(parser)
     return parser.parse_args(argv)
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.max_batches is not None and args.max_batches < 1:
         raise UserError(f"--max-batches must be at least 1, got {args.max_batches}")
     device = resolve_device(args.device)
+    check_amp(args.amp, device)
     model, meta, state = load_trained_model(args.checkpoint, device)
     data = data_config(state["config"], args)
     task = Task(meta.task, meta.num_classes)

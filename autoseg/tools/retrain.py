@@ -5,6 +5,8 @@
     autoseg retrain --dataset cifar10 --data-root DIR --arch DARTS_V2     # or a genotype.json
     autoseg retrain --dataset cityscapes --data-root DIR --arch smp:DeepLabV3Plus:resnet50
     autoseg retrain --dataset cityscapes --data-root DIR --arch smp:FPN:runs/search/<run>/arch.json
+    autoseg retrain --dataset folder --data-root DIR --num-classes 5 --arch autodeeplab-s \
+        --init-from runs/retrain/<cityscapes run>                          # fine-tune
     autoseg retrain --resume runs/retrain/<run>
 
 The default config follows the dataset: cifar10 -> configs/retrain/cifar10_darts.yaml (the
@@ -12,6 +14,11 @@ DARTS protocol), cityscapes and folder -> configs/retrain/cityscapes_autodeeplab
 Auto-DeepLab protocol), voc and voc_aug -> configs/retrain/voc.yaml, ade20k ->
 configs/retrain/ade20k.yaml, synthetic -> configs/retrain/synthetic.yaml. The run directory gets checkpoint.pt
 (last), best.pt (best validation metric), config.yaml and TensorBoard logs.
+
+--init-from starts from the weights of an earlier retraining (its best.pt, or a .pt file) with the
+same --arch: every tensor of matching name and shape is copied, the others (a classifier for
+another number of classes) keep their fresh initialisation and are listed; the optimiser,
+schedule and step count start afresh.
 """
 from __future__ import annotations
 
@@ -29,15 +36,17 @@ from autoseg.data.check import require_valid_data
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import resumed_state, seed_everything
 from autoseg.engine.datasets import build_split
+from autoseg.engine.fine_tune import init_from_checkpoint
 from autoseg.engine.retrain_loop import RetrainRun
 from autoseg.engine.task import Task, build_task
 from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
+from autoseg.errors import UserError
 from autoseg.models import count_parameters
 from autoseg.models.spec import build_model, model_spec
 from autoseg.process import is_main, world_size
 
 RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
-                 "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr"}
+                 "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr", "init_from": "model.init_from"}
 DEFAULT_CONFIGS = {"cityscapes": "cityscapes_autodeeplab", "folder": "cityscapes_autodeeplab",
                    "cifar10": "cifar10_darts", "synthetic": "synthetic", "voc": "voc", "voc_aug": "voc",
                    "ade20k": "ade20k"}
@@ -53,12 +62,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--filter-multiplier", type=int, help="F of an Auto-DeepLab network (20 = S, 32 = M, 48 = L)")
     parser.add_argument("--iterations", type=int, help="train for this many iterations instead of epochs")
     parser.add_argument("--lr", type=float, help="initial learning rate")
+    parser.add_argument("--init-from", metavar="RUN_DIR_OR_PT",
+                        help="fine-tune: start from the matching weights of a retrain run (its best.pt) or checkpoint")
     return parser.parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> RetrainConfig:
     """The saved config when resuming, else the YAML file plus the flags."""
     if args.resume is not None:
+        if args.init_from is not None:
+            raise UserError("--init-from starts a new run from another run's weights, --resume continues a run from "
+                            "its own checkpoint: give one of them")
         return resumed_config(args, RetrainConfig, RETRAIN_FLAGS)
     cfg = load_config(args.config or default_config("retrain", DEFAULT_CONFIGS.get(args.dataset), "synthetic"),
                       RetrainConfig)
@@ -66,12 +80,20 @@ def resolve_config(args: argparse.Namespace) -> RetrainConfig:
     return cfg
 
 
-def build(cfg: RetrainConfig, task: Task) -> tuple[nn.Module, dict[str, Any]]:
-    """The model and its spec (how a checkpoint rebuilds it)."""
+def build(cfg: RetrainConfig, task: Task, resumed: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and its spec (how a checkpoint rebuilds it). A new run with ``model.init_from``
+    starts from that checkpoint's matching weights, reported on the console, and records the file
+    read in ``model.init_from``."""
     m = cfg.model
     spec = model_spec(m.arch, filter_multiplier=m.filter_multiplier, bn_momentum=m.bn_momentum, C=m.init_channels,
                       layers=m.layers, auxiliary=m.auxiliary, encoder_weights=m.encoder_weights)
-    return build_model(spec, task.num_classes), spec
+    model = build_model(spec, task.num_classes)
+    if m.init_from is not None and not resumed:  # a resumed run continues from its own checkpoint
+        report = init_from_checkpoint(model, m.init_from)
+        m.init_from = report.source
+        if is_main():
+            print("\n".join(report.lines()))
+    return model, spec
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -82,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     task = build_task(cfg.data.dataset, cfg.data.num_classes)
     if args.dry_run:
         model, spec = build(cfg, task)
-        summary = {"model": spec["name"], "arch": cfg.model.arch,
+        summary = {"model": spec["name"], "arch": cfg.model.arch, "init_from": cfg.model.init_from,
                    "params": count_parameters(model, exclude="auxiliary"),
                    "aux_params": count_parameters(model) - count_parameters(model, exclude="auxiliary"),
                    "num_classes": task.num_classes}
@@ -90,14 +112,14 @@ def main(argv: list[str] | None = None) -> dict:
         return summary
     device = distributed.setup(cfg.train.device)
     run_dir = distributed.on_main(lambda: choose_run_dir("retrain", cfg.data.dataset, args.out, args.resume))
-    model, spec = build(cfg, task)
+    state = resumed_state(run_dir) if args.resume else None  # None: stopped before its first checkpoint
+    model, spec = build(cfg, task, resumed=state is not None)
     train_set = build_split(cfg.data, "train", augment=True, transform_kind="retrain" if task.segmentation else None)
     val_set = build_split(cfg.data, dataset_eval_split(cfg.data.dataset), augment=False)
     distributed.on_main(lambda: require_valid_data([train_set, val_set]))
     meta = TrainedModelMeta(task.kind, cfg.data.dataset, task.num_classes, spec, list(train_set.class_names),
                             train_set.palette.tolist() if task.segmentation else [])
     run = RetrainRun(cfg, model, meta, task, train_set, val_set, run_dir, device)
-    state = resumed_state(run_dir) if args.resume else None
     if state is not None:
         run.load_state_dict(state)
     elif not args.resume:
