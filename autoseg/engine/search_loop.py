@@ -129,13 +129,16 @@ class SearchRun(TrainingRun):
     def architecture_step(self, train_batch: Batch, valid_batch: Batch) -> dict[str, torch.Tensor]:
         """The architect's update; returns its loss and gradient norm to check with the weight
         step. Under ``nan_policy: skip`` they are checked at once instead, and a non-finite update
-        is dropped before Adam applies it."""
+        is dropped before Adam applies it; in an fp16 run the gradient scaler checks it."""
         self.mark_buffers()
         loss, grads = self.architect.gradient(train_batch, valid_batch, self.scheduler.get_last_lr()[0])
         self.arch_loss = loss
-        quantities = {"architecture loss": loss}
-        if not self.a_scaler.is_enabled():  # fp16: overflows are the scaler's to skip
-            quantities["architecture gradient norm"] = torch.nn.utils.get_total_norm(grads)
+        if self.a_scaler.is_enabled():
+            # fp16: the scaler skips an overflowed update itself (the scaled virtual step of the second
+            # order can overflow into the loss too): nothing to check here
+            self.architect.apply(grads)
+            return {}
+        quantities = {"architecture loss": loss, "architecture gradient norm": torch.nn.utils.get_total_norm(grads)}
         if not self.skipping:
             self.architect.apply(grads)
             return quantities

@@ -4,8 +4,10 @@ Every optimiser step reads its loss and its gradient norm (the norm gradient cli
 anyway, or measured when there is no clipping; see :func:`autoseg.precision.scaled_backward`)
 back in one transfer, the device sync each step already had for the progress bar; in a run of
 several processes the verdict is summed over them, so that they all decide alike. In an fp16 run
-the gradient norm is left to the gradient scaler, whose overflows are expected and skip the step
-on their own; the losses are still checked. ``train.nan_policy`` says what a non-finite value does:
+the gradients are left to the gradient scalers, whose overflows are expected and skip the step on
+their own, and so is the search's architecture step (the scaled virtual step of the second order
+can overflow into its loss); the weight loss is still checked: a forward pass that overflows is
+beyond the scaler. ``train.nan_policy`` says what a non-finite value does:
 
 - ``stop`` (the default): the run ends with a one-line UserError naming the value, the step and
   the last good checkpoint, which stays on disk as it was (nothing is written after the bad step);
