@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 from conftest import assert_same, write_config, write_tiny_retrain_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from fakes import write_fake_cifar10
 
 from autoseg.engine.checkpoint import load_checkpoint
@@ -77,6 +78,7 @@ def test_retrain_resume_reproduces_the_uninterrupted_run(tool, tmp_path):
     stopped = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (stopped["global_step"], stopped["history"], stopped["best"]["value"]) == (3, [], None)
     assert not (tmp_path / "cut" / "best.pt").exists()  # a stop mid-epoch is never the best model
+    retrain(["--resume", str(tmp_path / "cut"), "--max-steps", "4"])  # a stop right after the epoch's record
     retrain(["--resume", str(tmp_path / "cut")])
     full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     resumed = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
@@ -84,6 +86,9 @@ def test_retrain_resume_reproduces_the_uninterrupted_run(tool, tmp_path):
     assert [h["epoch"] for h in full["history"]] == [1, 2]
     assert_same(full, resumed)  # weights, optimiser, schedule, RNG, best, history
     assert_same(load_checkpoint(tmp_path / "full" / "best.pt"), load_checkpoint(tmp_path / "cut" / "best.pt"))
+    logged = EventAccumulator(str(tmp_path / "cut" / "tensorboard")).Reload().Scalars("valid/miou")
+    assert [(event.step, event.value) for event in logged] == [(h["global_step"], pytest.approx(h["valid"]["miou"]))
+                                                               for h in full["history"]]  # each record once
 
 
 def test_darts_cifar_retrain_with_auxiliary_head_and_drop_path(tool, tmp_path):

@@ -274,11 +274,14 @@ class TrainingRun(abc.ABC):
                                   input_scale=self.eval_input_scale)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the run bit for bit."""
+        """Everything needed to continue the run bit for bit, and its config (without ``max_steps``:
+        where one invocation was told to stop is no property of the run)."""
+        config = to_dict(self.cfg)
+        config["train"]["max_steps"] = None
         return {"kind": self.kind, **self.training_state(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "history": self.history,
                 "skips_in_a_row": self.skips_in_a_row, "rng": process_rng_states(),
-                "running": gather_objects(self.tally.state_dict()), "config": to_dict(self.cfg)}
+                "running": gather_objects(self.tally.state_dict()), "config": config}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`."""
@@ -307,8 +310,9 @@ class TrainingRun(abc.ABC):
         """Train until the configured length or ``max_steps``; returns the last record."""
         if is_main():
             remove_interrupted_writes(self.run_dir, [CHECKPOINT_NAME, *self.output_files()])
-        writer = (SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.global_step or None)
-                  if is_main() else None)
+        # a resumed run drops what the interrupted one logged after its checkpoint (the steps it redoes)
+        purge = self.global_step + 1 if self.global_step else None
+        writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge) if is_main() else None
         record: dict[str, Any] = self.history[-1] if self.history else {}
         try:
             while not self.stopped():
