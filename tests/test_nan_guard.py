@@ -60,6 +60,7 @@ def test_a_nan_architecture_loss_stops_the_search_and_keeps_the_last_good_checkp
     error = _error_of("search", ["--resume", str(run)], capsys)
     assert error.startswith("error: the architecture loss is nan at step 6 (epoch 2): the training diverged; "
                             "lower the learning rate (arch_optimizer.lr) or drop --amp")
+    assert "or set train.nan_policy: skip to drop the updates of such batches" in error
     assert error.endswith(f"the last good checkpoint (step 5) in {run} is kept")
     state = load_checkpoint(run)
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 5) and _all_finite(state)
@@ -116,6 +117,7 @@ def test_skipping_stops_when_every_batch_is_bad(tmp_path, monkeypatch, capsys):
     corrupt_at(monkeypatch, RetrainRun, {2, 3, 4})
     error = _error_of("retrain", ["--config", str(config), "--out", str(tmp_path / "run")], capsys)
     assert error.startswith("error: 3 steps in a row had a non-finite value at step 4 (epoch 1)")
+    assert "lower the learning rate (optimizer.lr)" in error and "nan_policy" not in error
     assert error.endswith(f"no checkpoint was written in {tmp_path / 'run'}")
 
 

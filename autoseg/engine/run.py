@@ -219,7 +219,7 @@ class TrainingRun(abc.ABC):
         """The one-line error of a run stopped by a non-finite value at ``step``."""
         kept = (f"the last good checkpoint (step {self.saved_step}) in {self.run_dir} is kept"
                 if self.saved_step is not None else f"no checkpoint was written in {self.run_dir}")
-        return divergence_message(what, step, self.epoch + 1, kept)
+        return divergence_message(what, step, self.epoch + 1, kept, self.skipping)
 
     def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, Any]:
         """Train (the rest of) the current epoch, or until the run must stop; returns its training

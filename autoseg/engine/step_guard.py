@@ -48,21 +48,22 @@ def read_step(quantities: dict[str, torch.Tensor]) -> tuple[dict[str, float], li
 
 def non_finite_tensors(module: nn.Module) -> list[str]:
     """The names of ``module``'s floating-point parameters and buffers that hold a NaN or an
-    infinity (one transfer)."""
+    infinity in any process (one transfer)."""
     state = {name: t for name, t in module.state_dict().items() if t.is_floating_point() and t.numel()}
     if not state:
         return []
-    finite = torch.stack([torch.isfinite(t).all() for t in state.values()]).tolist()
-    return [name for name, ok in zip(state, finite) if not ok]
+    bad = sum_tensor_(torch.stack([~torch.isfinite(t).all() for t in state.values()]).float()).tolist()
+    return [name for name, flag in zip(state, bad) if flag]
 
 
-def divergence_message(what: str, step: int, epoch: int, kept: str) -> str:
+def divergence_message(what: str, step: int, epoch: int, kept: str, skipping: bool) -> str:
     """The one-line error of a run stopped by a non-finite value; ``what`` names the value (one of
-    the architecture step says ``architecture``) and ``kept`` the checkpoint left."""
+    the architecture step says ``architecture``), ``kept`` the checkpoint left, ``skipping`` whether
+    the run was dropping bad batches already."""
     lr = "arch_optimizer.lr" if "architecture" in what else "optimizer.lr"
+    skip = "" if skipping else ", or set train.nan_policy: skip to drop the updates of such batches"
     return (f"{what} at step {step} (epoch {epoch}): the training diverged; lower the learning rate ({lr}) "
-            f"or drop --amp and start again, or set train.nan_policy: skip to drop the updates of such batches; "
-            f"{kept}")
+            f"or drop --amp and start again{skip}; {kept}")
 
 
 def describe(name: str, value: float) -> str:
