@@ -105,3 +105,23 @@ def test_benchmark_runs_end_to_end_and_continues_without_retraining(tool, tiny_s
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == stamps
     with pytest.raises(UserError, match="other settings"):
         tool("benchmark_search")([*argv, "--retrain-epochs", "1"])
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="no benchmark to continue"):
+        tool("benchmark_search")([*argv[:-4], "--out", str(tmp_path / "elsewhere"), "--device", "cpu"])
+
+
+def test_runs_are_resumed_finished_ones_kept_and_first_epoch_leftovers_restarted(tmp_path):
+    from autoseg.tools.benchmark_search import ensure_run
+    calls = []
+    run = tmp_path / "run"
+    ensure_run(calls.append, ["--config", "c.yaml"], run, max_steps=None)
+    assert calls[-1] == ["--config", "c.yaml", "--out", str(run)]  # fresh
+    run.mkdir()
+    (run / "config.yaml").write_text("stopped before its first checkpoint")
+    ensure_run(calls.append, ["--config", "c.yaml"], run, max_steps=5)
+    assert calls[-1] == ["--config", "c.yaml", "--max-steps", "5", "--out", str(run)] and not run.exists()
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+    ensure_run(calls.append, ["--config", "c.yaml"], run, max_steps=5)
+    assert calls[-1] == ["--resume", str(run), "--max-steps", "5"]  # continued, or returns at once when finished

@@ -101,6 +101,9 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
             changed = sorted(key for key in settings if before.get(key) != settings[key])
             raise UserError(f"{out} holds a benchmark with other settings ({', '.join(changed)} differ); "
                             "continue it with the same configs and flags, or choose another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty and holds no {SETTINGS_NAME}, so it is no benchmark to continue; "
+                        "choose another --out")
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_json(settings, file)
