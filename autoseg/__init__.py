@@ -11,12 +11,15 @@ from autoseg.trellis import transition_probabilities, viterbi_path
 __version__ = "0.1.0"
 
 __all__ = ["GENOTYPES", "CellGenotype", "Genotype", "get_genotype", "topk_cell", "transition_probabilities",
-           "viterbi_path", "create_model", "list_models"]
+           "viterbi_path", "create_model", "list_models", "sample_architecture"]
 
 
 def __getattr__(name: str):
-    """Import the model registry lazily (it pulls in segmentation-models-pytorch)."""
+    """Import the model registry (it pulls in segmentation-models-pytorch) and the sampler lazily."""
     if name in ("create_model", "list_models"):
         from autoseg import models
         return getattr(models, name)
+    if name == "sample_architecture":
+        from autoseg.sampling import sample_architecture
+        return sample_architecture
     raise AttributeError(f"module 'autoseg' has no attribute {name!r}")

@@ -154,6 +154,8 @@ TOOLS: dict[str, str] = {
     "export": "export a retrained model to ONNX and check it with onnxruntime",
     "benchmark": "time and measure the search supernets",
     "check_data": "check every image and mask of a dataset and list every problem",
+    "sample": "draw random architectures from a search space (the baseline a search must beat)",
+    "benchmark_search": "searched vs random architectures, retrained under one budget: does search beat random?",
 }
 """The tools ``autoseg`` runs, each a module of :mod:`autoseg.tools` with a ``main(argv)``."""
 
