@@ -80,7 +80,8 @@ def results_markdown(rows: Sequence[dict[str, Any]], comparison: dict[str, Any])
         if row.get("skip_connect_reduce") is not None:
             skips += f" (reduce {row['skip_connect_reduce']}/{row['edges']})"
         strides = " ".join(map(str, row["strides"])) if row.get("strides") else "-"
-        lines.append(f"| {row['name']} | {row['group']} | {row['final']:.2f} | {row['best']:.2f} | "
+        best = "-" if row["best"] is None else f"{row['best']:.2f}"  # a run stopped in its first epoch has none
+        lines.append(f"| {row['name']} | {row['group']} | {row['final']:.2f} | {best} | "
                      f"{row['params']:,} | {skips} | {strides} |")
     lines += ["", f"| group | final {label} mean ± std (n) |", "|---|---|"]
     lines += [f"| {group} | {_mean_pm(comparison[group])} |" for group in GROUPS]

@@ -77,6 +77,7 @@ def test_retrain_resume_reproduces_the_uninterrupted_run(tool, tmp_path):
     retrain(["--config", str(config), "--out", str(tmp_path / "cut"), "--max-steps", "3"])
     stopped = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (stopped["global_step"], stopped["history"], stopped["best"]["value"]) == (3, [], None)
+    assert stopped["stop_record"]["global_step"] == 3 and "miou" in stopped["stop_record"]["valid"]
     assert not (tmp_path / "cut" / "best.pt").exists()  # a stop mid-epoch is never the best model
     retrain(["--resume", str(tmp_path / "cut"), "--max-steps", "4"])  # a stop right after the epoch's record
     retrain(["--resume", str(tmp_path / "cut")])

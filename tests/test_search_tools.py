@@ -66,7 +66,8 @@ def test_cifar_search_resume_reproduces_the_uninterrupted_run(tool, tmp_path):
     search(["--config", str(config), "--out", str(tmp_path / "cut"), "--device", "cpu", "--max-steps", "6"])  # epoch 2
     stopped = load_checkpoint(tmp_path / "cut")
     assert (stopped["epoch"], stopped["step_in_epoch"], stopped["global_step"]) == (1, 2, 6)
-    assert [h["epoch"] for h in stopped["history"]] == [1]  # the stop mid-epoch added no record
+    assert [h["epoch"] for h in stopped["history"]] == [1]  # the stop mid-epoch added no record...
+    assert stopped["stop_record"]["global_step"] == 6 and "acc" in stopped["stop_record"]["valid"]  # ...but evaluated
     search(["--resume", str(tmp_path / "cut")])
     full, resumed = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
     assert resumed["global_step"] == full["global_step"] == 8
@@ -100,6 +101,8 @@ def test_hierarchical_search_resume_reproduces_the_uninterrupted_run(tool, tiny_
     search(["--config", str(tiny_synthetic_config), "--out", str(tmp_path / "full")])
     search(["--config", str(tiny_synthetic_config), "--out", str(tmp_path / "cut"), "--max-steps", "5"])
     assert [h["epoch"] for h in load_checkpoint(tmp_path / "cut")["history"]] == [1]
+    at_stop = json.loads((tmp_path / "cut" / "arch.json").read_text())  # the architecture of the stop
+    assert tool("decode")([str(tmp_path / "cut"), "--out", str(tmp_path / "decoded")]) == at_stop
     search(["--resume", str(tmp_path / "cut")])
     full, resumed = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
     assert_same(full, resumed)  # alpha, beta, weights, optimisers, history

@@ -64,8 +64,10 @@ def check_segmentation_batch_size(batch_size: int) -> None:
 def evaluation_batches(dataset: Dataset, batch_size: int, max_batches: int | None = None, num_workers: int = 0,
                        pin_memory: bool = False) -> DataLoader:
     """Batches of ``dataset`` in order (only the first ``max_batches`` batches' samples when
-    given); with several processes, every process evaluates every ``world_size``-th sample."""
+    given); with several processes, every process evaluates every ``world_size``-th sample. Like
+    :func:`epoch_batches`, the loader leaves torch's global random numbers alone, so that an
+    evaluation never shifts those of the training (drop-path masks) after it."""
     length = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
     indices = range(rank(), length, world_size())
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
-                      pin_memory=pin_memory)
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))

@@ -160,6 +160,7 @@ class RetrainRun(TrainingRun):
         return [BEST_NAME]
 
     def write_outputs(self, checkpoint: Path) -> None:
-        """Copy the new checkpoint to ``best.pt`` when the metric improved."""
-        if self.improved:
+        """Copy the new checkpoint to ``best.pt`` when the metric of a record improved (a stop's
+        evaluation never counts)."""
+        if self.improved and self.stop_record is None:
             atomic_write(self.run_dir / BEST_NAME, lambda tmp: shutil.copyfile(checkpoint, tmp))

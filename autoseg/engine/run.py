@@ -9,9 +9,9 @@ every process's RNG state and running figures, resumed bit for bit) and the sequ
         [-> checkpoint every ``train.checkpoint_every_steps`` steps]
     [evaluate -> log -> record -> checkpoint]
 
-repeated until the configured length. A stop before it (``max_steps``) writes a checkpoint of
-the position and no record, so the history and the best checkpoint never depend on where a run
-was stopped. A subclass supplies the batches of an epoch, its step (:meth:`~TrainingRun.train_step`,
+repeated until the configured length. A stop before it (``max_steps``) evaluates for the user
+and writes a checkpoint of the position, but adds no record: the history and the best checkpoint
+never depend on where a run was stopped. A subclass supplies the batches of an epoch, its step (:meth:`~TrainingRun.train_step`,
 forward and backward) and update, the state of its model and optimisers, and optional hooks
 (what ends an epoch, when to evaluate, what else a record holds, what else to write).
 """
@@ -85,6 +85,7 @@ class TrainingRun(abc.ABC):
         self.eval_set = eval_set
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
+        self.stop_record: dict[str, Any] | None = None
         self.tally = self.new_tally()
         self.skips_in_a_row = 0
         self.saved_step: int | None = None
@@ -152,8 +153,8 @@ class TrainingRun(abc.ABC):
         return []
 
     def write_outputs(self, checkpoint: Path) -> None:
-        """Files the main process writes with each evaluation's checkpoint, given the new checkpoint
-        file before it replaces the old one."""
+        """Files the main process writes with the checkpoint of each evaluation (of a record, or of
+        a stop: :attr:`stop_record` is set), given the new checkpoint file before it replaces the old one."""
 
     def log_extras(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
         """More TensorBoard output for a record."""
@@ -280,7 +281,7 @@ class TrainingRun(abc.ABC):
         config["train"]["max_steps"] = None
         return {"kind": self.kind, **self.training_state(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "history": self.history,
-                "skips_in_a_row": self.skips_in_a_row, "rng": process_rng_states(),
+                "stop_record": self.stop_record, "skips_in_a_row": self.skips_in_a_row, "rng": process_rng_states(),
                 "running": gather_objects(self.tally.state_dict()), "config": config}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -289,6 +290,7 @@ class TrainingRun(abc.ABC):
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], state["history"]
         self.skips_in_a_row = state.get("skips_in_a_row", 0)
+        self.stop_record = state.get("stop_record")
         restore_process_rng_state(state["rng"])
         self.tally = self.new_tally()
         if "running" in state:  # checkpoints of earlier versions kept no running figures
@@ -313,7 +315,9 @@ class TrainingRun(abc.ABC):
         # a resumed run drops what the interrupted one logged after its checkpoint (the steps it redoes)
         purge = self.global_step + 1 if self.global_step else None
         writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge) if is_main() else None
-        record: dict[str, Any] = self.history[-1] if self.history else {}
+        if not self.stopped():
+            self.stop_record = None  # the run goes on from its stop
+        record: dict[str, Any] = self.stop_record or (self.history[-1] if self.history else {})
         try:
             while not self.stopped():
                 self.model.train()
@@ -324,28 +328,44 @@ class TrainingRun(abc.ABC):
                     self.end_epoch()
                     self.epoch, self.step_in_epoch = epoch, 0
                 evaluate = self.finished() or complete and self.should_evaluate()
+                stop = not evaluate and self.stopped()
                 if evaluate:
                     record = self.record(epoch, train, writer)
+                elif stop:
+                    record = self.stop_record = self.stop_evaluation(epoch, train)
                 if complete:
                     self.tally = self.new_tally()
-                if evaluate:
+                if evaluate or stop:
                     self.save()
-                elif self.stopped() or complete and self.checkpoint_due():
-                    self.save(outputs=False)  # a stop mid-way: the position only, no record
+                elif complete and self.checkpoint_due():
+                    self.save(outputs=False)
         finally:
             if writer is not None:
                 writer.close()
         return record
 
+    def evaluation(self, epoch: int, train: dict[str, Any]) -> dict[str, Any]:
+        """The record of an evaluation now, in (or after) epoch ``epoch`` with training figures ``train``."""
+        broadcast_buffers(self.model)
+        return {"epoch": epoch, "global_step": self.global_step, "seconds": self.tally.seconds,
+                "train": train, "valid": self.evaluate(), **self.record_extras()}
+
     def record(self, epoch: int, train: dict[str, Any], writer: SummaryWriter | None) -> dict[str, Any]:
         """Evaluate, then add the record of ``epoch`` to the history (and log it)."""
-        broadcast_buffers(self.model)
-        record = {"epoch": epoch, "global_step": self.global_step, "seconds": self.tally.seconds,
-                  "train": train, "valid": self.evaluate(), **self.record_extras()}
+        record = self.evaluation(epoch, train)
         self.after_record(record)
         if writer is not None:
             self.log(writer, record)
         self.history.append(record)
+        return record
+
+    def stop_evaluation(self, epoch: int, train: dict[str, Any]) -> dict[str, Any]:
+        """The evaluation of a run stopped by ``max_steps`` where no record is due, for the user:
+        printed, kept in the checkpoint as ``stop_record`` until the run goes on, never in the
+        history, TensorBoard or the best checkpoint."""
+        record = self.evaluation(epoch, train)
+        if is_main():
+            tqdm.write(f"{self.summary_line(record)} (stopped by --max-steps: not in the history)")
         return record
 
     def log(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
@@ -355,8 +375,12 @@ class TrainingRun(abc.ABC):
             for key, value in record[split].items():
                 if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool):
                     writer.add_scalar(f"{split}/{key}", value, step)
+        tqdm.write(self.summary_line(record))
+        self.log_extras(writer, record)
+
+    def summary_line(self, record: dict[str, Any]) -> str:
+        """A record on one line: position, training and validation loss and metric, seconds."""
         train, valid, metric = record["train"], record["valid"], self.task.metric
         train_metric = f" {metric} {train[metric]:.2f}" if metric in train else ""
-        tqdm.write(f"epoch {record['epoch']} step {step}: train loss {train['loss']:.4f}{train_metric} | "
-                   f"valid loss {valid['loss']:.4f} {metric} {valid[metric]:.2f} | {record['seconds']:.1f}s")
-        self.log_extras(writer, record)
+        return (f"epoch {record['epoch']} step {record['global_step']}: train loss {train['loss']:.4f}{train_metric} "
+                f"| valid loss {valid['loss']:.4f} {metric} {valid[metric]:.2f} | {record['seconds']:.1f}s")

@@ -182,8 +182,10 @@ class SearchRun(TrainingRun):
         return [self.arch.FILE_NAME]
 
     def write_outputs(self, checkpoint: Path) -> None:
-        """The decoded architecture (``arch.json`` or ``genotype.json``)."""
-        write_json(self.arch.to_dict(), self.run_dir / self.arch.FILE_NAME)
+        """The decoded architecture (``arch.json`` or ``genotype.json``): of the evaluation's
+        record, or at a stop the one decoded then (what ``autoseg decode`` of the checkpoint gives)."""
+        arch = self.arch if self.stop_record is None else self.model.decode()
+        write_json(arch.to_dict(), self.run_dir / arch.FILE_NAME)
 
     def log_extras(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
         """Pictures of the architecture parameters and of the decoded architecture, and its text."""

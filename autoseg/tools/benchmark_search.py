@@ -110,8 +110,9 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
 
 
 def architecture_row(name: str, group: str, arch_file: Path, retrain_dir: Path) -> dict[str, Any]:
-    """One table row: the retrained architecture's final and best validation metric, its
-    parameters (the model rebuilt from the checkpoint), ``skip_connect`` count and strides."""
+    """One table row: the retrained architecture's final validation metric (of its last record, or
+    of the evaluation at its --max-steps stop) and best one, its parameters (the model rebuilt from
+    the checkpoint), ``skip_connect`` count and strides."""
     arch: Architecture = read_architecture(arch_file)
     state = load_checkpoint(retrain_dir)
     meta = TrainedModelMeta.from_checkpoint(state)
@@ -120,7 +121,8 @@ def architecture_row(name: str, group: str, arch_file: Path, retrain_dir: Path) 
     cell = arch.cell if hierarchical else arch.normal
     metric = state["best"]["metric"]
     return {"name": name, "group": group, "arch_file": str(arch_file), "retrain_dir": str(retrain_dir),
-            "metric": metric, "final": state["history"][-1]["valid"][metric], "best": state["best"]["value"],
+            "metric": metric, "final": (state.get("stop_record") or state["history"][-1])["valid"][metric],
+            "best": state["best"]["value"],
             "best_epoch": state["best"]["epoch"], "epochs": state["epoch"], "steps": state["global_step"],
             "params": count_parameters(model, exclude="auxiliary"),
             "skip_connect": cell_skip_count(cell), "edges": sum(len(block) for block in cell.blocks),

@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"searching ({cfg.mode}) on {cfg.data.dataset} with {run.model.summary()['params']:,} weight parameters, "
         f"device {device} x {world_size()} process(es), run directory {run_dir}")
     run.run()
+    arch = run.arch if run.finished() else run.model.decode()  # a stop writes the architecture of then
+    say(arch.describe())
+    say(f"wrote {run_dir / arch.FILE_NAME}")
     if not run.finished():
         say(stopped_message(run.global_step, run_dir))
-        return run.arch.to_dict()
-    say(run.arch.describe())
-    say(f"wrote {run_dir / run.arch.FILE_NAME}")
-    return run.arch.to_dict()
+    return arch.to_dict()
