@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
     weights, model_cfg = state["model"], state["config"]["model"]
     if state["mode"] == "hierarchical":
         arch = decode_hierarchical(weights["alphas"], weights["betas"], model_cfg["primitives"],
-                                   model_cfg["filter_multiplier"], model_cfg["free_first_step"])
+                                   model_cfg["filter_multiplier"], model_cfg["free_first_step"],
+                                   edge_betas=weights.get("edge_betas"),
+                                   max_skip_connect=model_cfg.get("max_skip_connect"))
         write_json(arch, out / "arch.json")
         save_png(trellis_figure(arch["transitions"], arch["path"], title="transitions and Viterbi path"),
                  out / "arch_trellis.png")
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
         written = ["arch.json", "arch_trellis.png", "arch_cell.png"]
     else:
         genotype = decode_darts(weights["alphas_normal"], weights["alphas_reduce"], model_cfg["primitives"],
-                                model_cfg["blocks"], model_cfg["multiplier"])
+                                model_cfg["blocks"], model_cfg["multiplier"], weights.get("edge_betas_normal"),
+                                weights.get("edge_betas_reduce"), max_skip_connect=model_cfg.get("max_skip_connect"))
         arch = genotype.to_dict()
         write_json(arch, out / "genotype.json")
         for name in ("normal", "reduce"):

@@ -96,6 +96,7 @@ class SearchRun:
         """Run (the rest of) the current epoch; returns its training metrics, or None if
         ``max_steps`` stopped it first."""
         cfg, device = self.cfg, self.device
+        self.model.set_search_progress(self.epoch / cfg.train.epochs)
         seed = cfg.train.seed * 100_003 + self.epoch
         half_a, half_b = self.half_a, self.half_b
         for dataset in (half_a, half_b):

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autoseg.genotype import CellGenotype, Genotype, topk_cell
+from autoseg.genotype import CellGenotype, Genotype, blocks_from_edges, topk_cell
+from autoseg.search.collapse_guards import edge_normalization_weights
 from autoseg.trellis import transition_probabilities, viterbi_path
 
 
@@ -19,24 +20,54 @@ def _softmax(logits: torch.Tensor) -> np.ndarray:
     return F.softmax(logits.detach().float().cpu(), dim=-1).numpy()
 
 
+def _edge_weights(edge_betas: torch.Tensor, num_blocks: int) -> np.ndarray:
+    return edge_normalization_weights(edge_betas.detach().float().cpu(), num_blocks).numpy()
+
+
+def _edge_scores(cell_weights: np.ndarray, edge_betas: torch.Tensor | None) -> np.ndarray:
+    """What the top-k rule ranks: softmax(alpha), times the PC-DARTS edge weights when the
+    search normalised its edges (the PC-DARTS decoding)."""
+    if edge_betas is None:
+        return cell_weights
+    return cell_weights * _edge_weights(edge_betas, blocks_from_edges(len(cell_weights)))[:, None]
+
+
 def decode_darts(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primitives: Sequence[str],
-                 num_blocks: int, multiplier: int) -> Genotype:
+                 num_blocks: int, multiplier: int, edge_betas_normal: torch.Tensor | None = None,
+                 edge_betas_reduce: torch.Tensor | None = None, *,
+                 max_skip_connect: int | None = None) -> Genotype:
     """The DARTS genotype (top-2 rule on both cell types; output concat of the last
-    ``multiplier`` states)."""
+    ``multiplier`` states). With edge normalisation the edges are scored with their edge
+    weights; ``max_skip_connect`` caps the normal cell's ``skip_connect`` edges (P-DARTS)."""
     concat = range(2 + num_blocks - multiplier, num_blocks + 2)
-    return Genotype(*(CellGenotype.from_blocks(topk_cell(_softmax(alpha), primitives), concat)
-                      for alpha in (alphas_normal, alphas_reduce)))
+
+    def cell(alpha: torch.Tensor, edge_betas: torch.Tensor | None, cap: int | None) -> CellGenotype:
+        scores = _edge_scores(_softmax(alpha), edge_betas)
+        return CellGenotype.from_blocks(topk_cell(scores, primitives, max_skip_connect=cap), concat)
+
+    return Genotype(cell(alphas_normal, edge_betas_normal, max_skip_connect),
+                    cell(alphas_reduce, edge_betas_reduce, None))
 
 
 def decode_hierarchical(alphas: torch.Tensor, betas: torch.Tensor, primitives: Sequence[str],
-                        filter_multiplier: int, free_first_step: bool = True) -> dict[str, Any]:
+                        filter_multiplier: int, free_first_step: bool = True, *, edge_betas: torch.Tensor | None = None,
+                        max_skip_connect: int | None = None) -> dict[str, Any]:
     """The Auto-DeepLab architecture: the Viterbi path through the transition probabilities
-    derived from beta, the top-2 cell from alpha, and the numbers behind both (JSON-ready)."""
+    derived from beta, the top-2 cell from alpha, and the numbers behind both (JSON-ready).
+    With edge normalisation (``edge_betas``) the cell's edges are scored with their edge
+    weights, which are written as ``edge_weights``; ``max_skip_connect`` caps the cell's
+    ``skip_connect`` edges (P-DARTS) and is written when set."""
     cell_weights = _softmax(alphas)
     transitions = transition_probabilities(betas.detach().float().cpu(), free_first_step).numpy()
     path = viterbi_path(transitions)
-    cell = CellGenotype.from_blocks(topk_cell(cell_weights, primitives))
+    cell = CellGenotype.from_blocks(topk_cell(_edge_scores(cell_weights, edge_betas), primitives,
+                                              max_skip_connect=max_skip_connect))
     layers, levels = transitions.shape[:2]
+    guards = {}
+    if edge_betas is not None:
+        guards["edge_weights"] = np.round(_edge_weights(edge_betas, cell.num_blocks), 6).tolist()
+    if max_skip_connect is not None:
+        guards["max_skip_connect"] = max_skip_connect
     return {
         "path": path,
         "cell": cell.to_dict(),
@@ -50,6 +81,7 @@ def decode_hierarchical(alphas: torch.Tensor, betas: torch.Tensor, primitives: S
                                for l in range(layers)],
         "cell_weights": np.round(cell_weights, 6).tolist(),
         "transitions": np.round(transitions, 6).tolist(),
+        **guards,
     }
 
 
