@@ -44,7 +44,8 @@ def epoch_batches(dataset: Dataset, batch_size: int, seed: int, skip_batches: in
     indices = [index for step in range(skip_batches, len(order) // batch_size)
                for index in order[step * batch_size + start:step * batch_size + start + share]]
     return DataLoader(Subset(dataset, indices), batch_size=share, shuffle=False, drop_last=True,
-                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
+                      generator=_own_generator())
 
 
 def check_segmentation_batch_size(batch_size: int) -> None:
@@ -63,4 +64,10 @@ def evaluation_batches(dataset: Dataset, batch_size: int, max_batches: int | Non
     length = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
     indices = range(rank(), length, world_size())
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
-                      pin_memory=pin_memory)
+                      pin_memory=pin_memory, generator=_own_generator())
+
+
+def _own_generator() -> torch.Generator:
+    """A generator for a DataLoader's worker seeds, so that starting its iteration leaves the
+    global random state alone: training that draws from it (dropout) then resumes exactly."""
+    return torch.Generator().manual_seed(0)

@@ -92,6 +92,7 @@ class SearchRun(TrainingRun):
     def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, Any]:
         """Run (the rest of) the current epoch: architecture then weight step, batch by batch."""
         cfg, device = self.cfg, self.device
+        self.model.set_search_progress(self.epoch / cfg.train.epochs)
         search_arch = self.epoch >= cfg.train.warmup_epochs
         weight_batches = self.epoch_loader(self.half_a)
         arch_batches = self.epoch_loader(self.half_b, offset=1) if search_arch else repeat(None)
