@@ -65,7 +65,9 @@ class NetworkArch:
     ``primitives`` and ``free_first_step`` describe the search space it was decoded from;
     ``step_probabilities`` (the transition probability of each step of the path),
     ``cell_weights`` (softmax(alpha)) and ``transitions`` (the (L, S, S) transition
-    probabilities) are the numbers the decoding saw, kept for reports and figures.
+    probabilities) are the numbers the decoding saw, kept for reports and figures;
+    ``edge_weights`` (PC-DARTS edge normalisation) and ``max_skip_connect`` (the P-DARTS cap)
+    record the collapse guards that shaped the decoding, when they were on.
     """
 
     path: tuple[int, ...]
@@ -77,6 +79,8 @@ class NetworkArch:
     step_probabilities: tuple[float, ...] | None = field(default=None, compare=False)
     cell_weights: list[list[float]] | None = field(default=None, compare=False, repr=False)
     transitions: list[list[list[float]]] | None = field(default=None, compare=False, repr=False)
+    edge_weights: list[float] | None = field(default=None, compare=False, repr=False)
+    max_skip_connect: int | None = None
 
     FILE_NAME = "arch.json"
     """Name of the file a hierarchical search writes."""
@@ -120,7 +124,8 @@ class NetworkArch:
                     "levels": self.levels, "primitives": list(self.primitives) if self.primitives else None,
                     "free_first_step": self.free_first_step,
                     "step_probabilities": list(self.step_probabilities) if self.step_probabilities else None,
-                    "cell_weights": self.cell_weights, "transitions": self.transitions}
+                    "cell_weights": self.cell_weights, "transitions": self.transitions,
+                    "edge_weights": self.edge_weights, "max_skip_connect": self.max_skip_connect}
         data.update({key: value for key, value in optional.items() if value is not None})
         return data
 
@@ -139,7 +144,8 @@ class NetworkArch:
                    levels=data.get("levels"), primitives=data.get("primitives"),
                    free_first_step=bool(data.get("free_first_step", True)),
                    step_probabilities=data.get("step_probabilities"), cell_weights=data.get("cell_weights"),
-                   transitions=data.get("transitions"))
+                   transitions=data.get("transitions"), edge_weights=data.get("edge_weights"),
+                   max_skip_connect=data.get("max_skip_connect"))
         for key, value in (("layers", arch.layers), ("blocks", arch.blocks)):
             if key in data and data[key] != value:
                 raise UserError(f"the architecture says {key}={data[key]} but its "

@@ -63,7 +63,35 @@ class ArchOptimizerConfig:
 
 
 @dataclass
-class DartsSearchModelConfig:
+class CollapseGuardsConfig:
+    """Guards against the search collapsing into ``skip_connect`` (:mod:`autoseg.search.collapse_guards`),
+    shared by both search modes; all off by default, i.e. the papers' search.
+
+    - ``partial_channels``: K, only 1/K of each edge's channels go through the mixed op, with
+      channel shuffle (PC-DARTS, Xu et al., ICLR 2020); 1 = off.
+    - ``edge_normalization``: per-edge architecture weights, softmax over each block's incoming
+      edges, also used to decode (PC-DARTS).
+    - ``auxiliary_skip``: beta0 of the auxiliary skip connection on every edge, decayed linearly
+      to 0 over the search (DARTS-, Chu et al., ICLR 2021; the paper uses 1.0); 0 = off.
+    - ``skip_dropout``: initial dropout rate after every identity ``skip_connect``, decayed
+      linearly to 0 over the search (P-DARTS, Chen et al., ICCV 2019); 0 = off.
+    - ``max_skip_connect``: decode-time cap M on the ``skip_connect`` edges of the (normal)
+      cell (P-DARTS, which uses 2); null = no cap.
+    """
+
+    partial_channels: int = 1
+    edge_normalization: bool = False
+    auxiliary_skip: float = 0.0
+    skip_dropout: float = 0.0
+    max_skip_connect: int | None = None
+
+    def collapse_guards(self) -> dict[str, Any]:
+        """The guard settings, as keyword arguments of the search supernets."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(CollapseGuardsConfig)}
+
+
+@dataclass
+class DartsSearchModelConfig(CollapseGuardsConfig):
     """The DARTS search network (docs/DESIGN.md §2)."""
 
     init_channels: int = 16
@@ -75,7 +103,7 @@ class DartsSearchModelConfig:
 
 
 @dataclass
-class TrellisModelConfig:
+class TrellisModelConfig(CollapseGuardsConfig):
     """The Auto-DeepLab trellis supernet (docs/DESIGN.md §3)."""
 
     layers: int = 12

@@ -34,7 +34,8 @@ def blocks_from_edges(count: int) -> int:
     return blocks
 
 
-def topk_cell(weights: Any, primitives: Sequence[str], k: int = 2) -> list[list[Edge]]:
+def topk_cell(weights: Any, primitives: Sequence[str], k: int = 2, *,
+              max_skip_connect: int | None = None) -> list[list[Edge]]:
     """Decode one cell from its softmax-normalised alpha with the DARTS rule.
 
     ``weights`` is a (num_edges x num_ops) array, edges ordered block by block (block i has
@@ -43,6 +44,15 @@ def topk_cell(weights: Any, primitives: Sequence[str], k: int = 2) -> list[list[
     to the lower input state) and each contributes that strongest non-``none`` op (ties go
     to the op listed first). Returns, per block, the ``k`` pairs ``(op_name, input_state)``
     in the order of their rank.
+
+    ``max_skip_connect`` (default None: no cap) is the decode-time cap of P-DARTS (Chen et
+    al., "Progressive Differentiable Architecture Search", ICCV 2019, section 3.3): while the
+    decoded cell has more ``skip_connect`` edges than that, the one whose ``skip_connect``
+    weight is the lowest (ties: the later edge, in the order of the rows) loses
+    ``skip_connect`` from its candidates and the cell is decoded again, so that edge now
+    scores with, and contributes, its strongest op other than ``skip_connect`` and ``none``
+    (and may give its place to another edge of its block). The cell keeps its
+    ``max_skip_connect`` strongest ``skip_connect`` edges.
     """
     w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=np.float64)
     if w.ndim != 2:
@@ -54,18 +64,37 @@ def topk_cell(weights: Any, primitives: Sequence[str], k: int = 2) -> list[list[
     num_blocks = blocks_from_edges(w.shape[0])
     if not 1 <= k <= 2:
         raise ValueError(f"k must be 1 or 2 (the first block has only 2 inputs), got {k}")
-    candidates = [i for i, name in enumerate(primitives) if name != "none"]
-    if not candidates:
+    allowed = np.array([name != "none" for name in primitives])
+    if not allowed.any():
         raise ValueError("the op set has no op other than 'none'")
-    cell: list[list[Edge]] = []
-    start = 0
+    allowed = np.repeat(allowed[None], w.shape[0], axis=0)
+    cell = _topk_ops(w, allowed, num_blocks, k)
+    if max_skip_connect is not None and "skip_connect" in primitives:
+        if max_skip_connect < 0:
+            raise ValueError(f"max_skip_connect must be 0 or more, got {max_skip_connect}")
+        if all(name in ("none", "skip_connect") for name in primitives):
+            raise ValueError("max_skip_connect needs an op other than 'none' and 'skip_connect' in the op set")
+        skip = list(primitives).index("skip_connect")
+        while True:
+            skip_rows = [num_edges(block) + state for block, pairs in enumerate(cell) for state, op in pairs
+                         if op == skip]
+            if len(skip_rows) <= max_skip_connect:
+                break
+            allowed[min(skip_rows, key=lambda row: (w[row, skip], -row)), skip] = False
+            cell = _topk_ops(w, allowed, num_blocks, k)
+    return [[(primitives[op], state) for state, op in pairs] for pairs in cell]
+
+
+def _topk_ops(w: np.ndarray, allowed: np.ndarray, num_blocks: int, k: int) -> list[list[tuple[int, int]]]:
+    """The DARTS rule over the ops ``allowed`` on each row: per block, the kept
+    ``(input_state, op_index)`` pairs in the order of their rank."""
+    scores = np.where(allowed, w, -np.inf)
+    best_op, strength = scores.argmax(axis=1), scores.max(axis=1)
+    cell = []
     for block in range(num_blocks):
-        rows = w[start:start + 2 + block, candidates]
-        best_op = rows.argmax(axis=1)
-        strength = rows.max(axis=1)
-        ranked = sorted(range(2 + block), key=lambda state: -strength[state])[:k]
-        cell.append([(primitives[candidates[best_op[state]]], state) for state in ranked])
-        start += 2 + block
+        rows = range(num_edges(block), num_edges(block + 1))
+        ranked = sorted(range(len(rows)), key=lambda state: -strength[rows[state]])[:k]
+        cell.append([(state, int(best_op[rows[state]])) for state in ranked])
     return cell
 
 

@@ -50,20 +50,22 @@ def test_forward_backward_at_odd_size():
     assert all(p.grad is not None for p in net.weight_parameters() if p.requires_grad)
 
 
-def _node_by_transition(node, prev, prev_prev, probs, weights, size):
+def _node_by_transition(node, prev, prev_prev, probs, weights, size, edge_weights=None):
     """Reference: run the node's cell once per incoming transition, as the paper writes it."""
     total = 0
     s0 = node.preprocess0(prev_prev) if node.preprocess0 is not None else None
     for source in node.sources:
         module = node.inputs[str(source)]
         s1 = module(prev[source], size) if source > node.level else module(prev[source])
-        total = total + probs[source] * node.cell(s1 if s0 is None else s0, s1, weights)
+        total = total + probs[source] * node.cell(s1 if s0 is None else s0, s1, weights, edge_weights)
     return total
 
 
-def test_stacked_cell_runs_equal_one_run_per_transition():
+@pytest.mark.parametrize("guards", [{}, {"partial_channels": 2, "edge_normalization": True, "auxiliary_skip": 0.5}],
+                         ids=["plain", "collapse-guards"])
+def test_stacked_cell_runs_equal_one_run_per_transition(guards):
     torch.manual_seed(0)
-    net = TrellisSearchNetwork(3, layers=3, levels=3, blocks=3, filter_multiplier=2)
+    net = TrellisSearchNetwork(3, layers=3, levels=3, blocks=3, filter_multiplier=2, **guards)
     node = net.nodes["2_1"]  # three incoming transitions and a state two layers back
     assert node.sources == [0, 1, 2] and node.preprocess0 is not None
     reference = copy.deepcopy(node)
@@ -72,9 +74,10 @@ def test_stacked_cell_runs_equal_one_run_per_transition():
     prev_prev = torch.randn(2, 12, 6, 6, requires_grad=True)
     probs = torch.softmax(torch.randn(3), 0)
     weights = torch.softmax(torch.randn(9, 8), -1)
+    edge_weights = torch.rand(9) if guards else None
     size = torch.Size((6, 6))
-    out = node(prev, prev_prev, probs, weights, size)
-    expected = _node_by_transition(reference, prev, prev_prev, probs, weights, size)
+    out = node(prev, prev_prev, probs, weights, size, edge_weights)
+    expected = _node_by_transition(reference, prev, prev_prev, probs, weights, size, edge_weights)
     assert torch.allclose(out, expected, atol=1e-5)
     grads = torch.autograd.grad(out.square().sum(), [prev[0], prev[2], prev_prev])
     expected_grads = torch.autograd.grad(expected.square().sum(), [prev[0], prev[2], prev_prev])
@@ -84,8 +87,9 @@ def test_stacked_cell_runs_equal_one_run_per_transition():
         assert torch.allclose(buffer.float(), ref.float(), atol=1e-5), name
     node.eval(), reference.eval()
     with torch.no_grad():
-        assert torch.allclose(node(prev, prev_prev, probs, weights, size),
-                              _node_by_transition(reference, prev, prev_prev, probs, weights, size), atol=1e-5)
+        assert torch.allclose(node(prev, prev_prev, probs, weights, size, edge_weights),
+                              _node_by_transition(reference, prev, prev_prev, probs, weights, size, edge_weights),
+                              atol=1e-5)
 
 
 def test_cell_checkpointing_gives_the_same_gradients_and_statistics():

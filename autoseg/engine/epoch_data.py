@@ -37,11 +37,7 @@ def epoch_order(length: int, seed: int) -> list[int]:
 def epoch_batches(dataset: Dataset, batch_size: int, seed: int, skip_batches: int = 0, num_workers: int = 0,
                   pin_memory: bool = False) -> DataLoader:
     """Full batches of ``batch_size`` samples of ``dataset`` in the order of ``seed``, without
-    the first ``skip_batches``; with several processes, this process's share of each batch.
-
-    The loader draws its workers' seeds from a generator of its own (seeded with ``seed``), not
-    from torch's global one, so that starting it mid-epoch leaves the process's random numbers
-    (drop-path masks, ...) where an uninterrupted run has them."""
+    the first ``skip_batches``; with several processes, this process's share of each batch."""
     order = epoch_order(len(dataset), seed)
     share = shard_batch_size(batch_size)
     start = rank() * share
@@ -49,7 +45,7 @@ def epoch_batches(dataset: Dataset, batch_size: int, seed: int, skip_batches: in
                for index in order[step * batch_size + start:step * batch_size + start + share]]
     return DataLoader(Subset(dataset, indices), batch_size=share, shuffle=False, drop_last=True,
                       num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=_own_generator())
 
 
 def check_segmentation_batch_size(batch_size: int) -> None:
@@ -64,10 +60,14 @@ def check_segmentation_batch_size(batch_size: int) -> None:
 def evaluation_batches(dataset: Dataset, batch_size: int, max_batches: int | None = None, num_workers: int = 0,
                        pin_memory: bool = False) -> DataLoader:
     """Batches of ``dataset`` in order (only the first ``max_batches`` batches' samples when
-    given); with several processes, every process evaluates every ``world_size``-th sample. Like
-    :func:`epoch_batches`, the loader leaves torch's global random numbers alone, so that an
-    evaluation never shifts those of the training (drop-path masks) after it."""
+    given); with several processes, every process evaluates every ``world_size``-th sample."""
     length = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
     indices = range(rank(), length, world_size())
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
+                      pin_memory=pin_memory, generator=_own_generator())
+
+
+def _own_generator() -> torch.Generator:
+    """A generator for a DataLoader's worker seeds, so that starting its iteration leaves the
+    global random state alone: training that draws from it (dropout) then resumes exactly."""
+    return torch.Generator().manual_seed(0)

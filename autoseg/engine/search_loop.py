@@ -90,6 +90,10 @@ class SearchRun(TrainingRun):
         load_scaler_state(self.a_scaler, state.get("a_scaler"))
         self.arch = architecture_from_dict(state["arch"], "the checkpoint's architecture")
 
+    def prepare_epoch(self) -> None:
+        """Tell the supernet how far the search is (for what decays over it: the collapse guards)."""
+        self.model.set_search_progress(self.epoch / self.cfg.train.epochs)
+
     def epoch_batches(self) -> Iterable[tuple[Batch, Batch | None]]:
         """(weight batch of half A, architecture batch of half B or None in the warm-up) per step."""
         weight_batches = self.epoch_loader(self.half_a)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from autoseg.architecture import NetworkArch
-from autoseg.genotype import CellGenotype, Genotype, topk_cell
+from autoseg.genotype import CellGenotype, Genotype, blocks_from_edges, topk_cell
+from autoseg.search.collapse_guards import edge_normalization_weights
 from autoseg.trellis import transition_probabilities, viterbi_path
 
 
@@ -20,26 +21,52 @@ def _softmax(logits: torch.Tensor) -> np.ndarray:
     return F.softmax(logits.detach().float().cpu(), dim=-1).numpy()
 
 
+def _edge_weights(edge_betas: torch.Tensor, num_blocks: int) -> np.ndarray:
+    return edge_normalization_weights(edge_betas.detach().float().cpu(), num_blocks).numpy()
+
+
+def _edge_scores(cell_weights: np.ndarray, edge_betas: torch.Tensor | None) -> np.ndarray:
+    """What the top-k rule ranks: softmax(alpha), times the PC-DARTS edge weights when the
+    search normalised its edges (the PC-DARTS decoding)."""
+    if edge_betas is None:
+        return cell_weights
+    return cell_weights * _edge_weights(edge_betas, blocks_from_edges(len(cell_weights)))[:, None]
+
+
 def decode_darts(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primitives: Sequence[str],
-                 num_blocks: int, multiplier: int) -> Genotype:
+                 num_blocks: int, multiplier: int, edge_betas_normal: torch.Tensor | None = None,
+                 edge_betas_reduce: torch.Tensor | None = None, *,
+                 max_skip_connect: int | None = None) -> Genotype:
     """The DARTS genotype (top-2 rule on both cell types; output concat of the last
-    ``multiplier`` states)."""
+    ``multiplier`` states). With edge normalisation the edges are scored with their edge
+    weights; ``max_skip_connect`` caps the normal cell's ``skip_connect`` edges (P-DARTS)."""
     concat = range(2 + num_blocks - multiplier, num_blocks + 2)
-    return Genotype(*(CellGenotype.from_blocks(topk_cell(_softmax(alpha), primitives), concat)
-                      for alpha in (alphas_normal, alphas_reduce)))
+
+    def cell(alpha: torch.Tensor, edge_betas: torch.Tensor | None, cap: int | None) -> CellGenotype:
+        scores = _edge_scores(_softmax(alpha), edge_betas)
+        return CellGenotype.from_blocks(topk_cell(scores, primitives, max_skip_connect=cap), concat)
+
+    return Genotype(cell(alphas_normal, edge_betas_normal, max_skip_connect),
+                    cell(alphas_reduce, edge_betas_reduce, None))
 
 
 def decode_hierarchical(alphas: torch.Tensor, betas: torch.Tensor, primitives: Sequence[str],
-                        filter_multiplier: int, free_first_step: bool = True) -> NetworkArch:
+                        filter_multiplier: int, free_first_step: bool = True, *, edge_betas: torch.Tensor | None = None,
+                        max_skip_connect: int | None = None) -> NetworkArch:
     """The Auto-DeepLab architecture: the Viterbi path through the transition probabilities
-    derived from beta, the top-2 cell from alpha, and the numbers behind both."""
+    derived from beta, the top-2 cell from alpha, and the numbers behind both. With edge
+    normalisation (``edge_betas``) the cell's edges are scored with their edge weights, which
+    the architecture keeps as ``edge_weights``; ``max_skip_connect`` caps the cell's
+    ``skip_connect`` edges (P-DARTS) and is recorded when set."""
     cell_weights = _softmax(alphas)
     transitions = transition_probabilities(betas.detach().float().cpu(), free_first_step).numpy()
     path = viterbi_path(transitions)
+    cell = CellGenotype.from_blocks(topk_cell(_edge_scores(cell_weights, edge_betas), primitives,
+                                              max_skip_connect=max_skip_connect))
     layers, levels = transitions.shape[:2]
     return NetworkArch(
         path=tuple(path),
-        cell=CellGenotype.from_blocks(topk_cell(cell_weights, primitives)),
+        cell=cell,
         filter_multiplier=filter_multiplier,
         levels=int(levels),
         primitives=tuple(primitives),
@@ -48,4 +75,7 @@ def decode_hierarchical(alphas: torch.Tensor, betas: torch.Tensor, primitives: S
                                  for l in range(layers)),
         cell_weights=np.round(cell_weights, 6).tolist(),
         transitions=np.round(transitions, 6).tolist(),
+        edge_weights=(None if edge_betas is None
+                      else np.round(_edge_weights(edge_betas, cell.num_blocks), 6).tolist()),
+        max_skip_connect=max_skip_connect,
     )

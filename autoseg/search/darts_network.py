@@ -11,6 +11,7 @@ from torch import nn
 from autoseg.genotype import Genotype, num_edges
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_darts
+from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_weights
 from autoseg.search.grouped_batchnorm import convert_batchnorm
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
@@ -25,16 +26,18 @@ class DartsSearchCell(nn.Module):
     """
 
     def __init__(self, c_prev_prev: int, c_prev: int, channels: int, num_blocks: int, multiplier: int,
-                 primitives: Sequence[str], reduction: bool, reduction_prev: bool):
+                 primitives: Sequence[str], reduction: bool, reduction_prev: bool,
+                 guards: CollapseGuards | None = None):
         super().__init__()
         self.reduction = reduction
         self.preprocess0 = (FactorizedReduce(c_prev_prev, channels, affine=False) if reduction_prev
                             else ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False))
         self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
-        self.dag = MixedCell(channels, num_blocks, multiplier, primitives, reduction)
+        self.dag = MixedCell(channels, num_blocks, multiplier, primitives, reduction, guards)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return self.dag(self.preprocess0(s0), self.preprocess1(s1), weights)
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dag(self.preprocess0(s0), self.preprocess1(s1), weights, edge_weights)
 
 
 class DartsSearchNetwork(SearchNetwork):
@@ -42,11 +45,22 @@ class DartsSearchNetwork(SearchNetwork):
 
     Holds one alpha matrix per cell type (normal, reduce), initialised as 1e-3 * N(0, 1);
     :meth:`arch_parameters` and :meth:`weight_parameters` keep them apart for the two optimisers.
+
+    The collapse guards (:mod:`autoseg.search.collapse_guards`) are off by default:
+    ``partial_channels``, ``auxiliary_skip`` and ``skip_dropout`` change the mixed ops;
+    ``edge_normalization`` adds the PC-DARTS edge logits ``edge_betas_normal`` and
+    ``edge_betas_reduce`` (one per edge, 1e-3 * N(0, 1), as in the PC-DARTS code) to the
+    architecture parameters; ``max_skip_connect`` caps the ``skip_connect`` edges of the
+    decoded normal cell (P-DARTS caps the normal cell only).
     """
 
     def __init__(self, num_classes: int = 10, init_channels: int = 16, layers: int = 8, num_blocks: int = 4,
-                 multiplier: int = 4, stem_multiplier: int = 3, primitives: Sequence[str] = PRIMITIVES):
+                 multiplier: int = 4, stem_multiplier: int = 3, primitives: Sequence[str] = PRIMITIVES,
+                 partial_channels: int = 1, edge_normalization: bool = False, auxiliary_skip: float = 0.0,
+                 skip_dropout: float = 0.0, max_skip_connect: int | None = None):
         super().__init__()
+        self.guards = CollapseGuards(partial_channels, edge_normalization, auxiliary_skip, skip_dropout,
+                                     max_skip_connect)
         self.primitives = tuple(primitives)
         self.num_blocks = num_blocks
         self.multiplier = multiplier
@@ -60,7 +74,7 @@ class DartsSearchNetwork(SearchNetwork):
             if reduction:
                 c_curr *= 2
             self.cells.append(DartsSearchCell(c_prev_prev, c_prev, c_curr, num_blocks, multiplier,
-                                              self.primitives, reduction, reduction_prev))
+                                              self.primitives, reduction, reduction_prev, self.guards))
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, multiplier * c_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -68,18 +82,31 @@ class DartsSearchNetwork(SearchNetwork):
         shape = (num_edges(num_blocks), len(self.primitives))
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        if edge_normalization:
+            self.edge_betas_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
+            self.edge_betas_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
         convert_batchnorm(self)
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture parameters (alpha of the normal and of the reduction cell)."""
-        return [self.alphas_normal, self.alphas_reduce]
+        """The architecture parameters (alpha of the normal and of the reduction cell, then
+        their edge logits with ``edge_normalization``)."""
+        edges = [self.edge_betas_normal, self.edge_betas_reduce] if self.guards.edge_normalization else []
+        return [self.alphas_normal, self.alphas_reduce, *edges]
+
+    def set_search_progress(self, fraction: float) -> None:
+        """Tell the decaying collapse guards which fraction (0..1) of the search is done."""
+        self.guards.set_progress(fraction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         normal = F.softmax(self.alphas_normal, dim=-1)
         reduce = F.softmax(self.alphas_reduce, dim=-1)
+        edges_normal = edges_reduce = None
+        if self.guards.edge_normalization:
+            edges_normal = edge_normalization_weights(self.edge_betas_normal, self.num_blocks)
+            edges_reduce = edge_normalization_weights(self.edge_betas_reduce, self.num_blocks)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+            s0, s1 = s1, (cell(s0, s1, reduce, edges_reduce) if cell.reduction else cell(s0, s1, normal, edges_normal))
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def arch_weights(self) -> dict[str, np.ndarray]:
@@ -89,8 +116,10 @@ class DartsSearchNetwork(SearchNetwork):
 
     def decode(self) -> Genotype:
         """The discrete cells decoded with the DARTS top-2 rule."""
+        edges = ((self.edge_betas_normal, self.edge_betas_reduce) if self.guards.edge_normalization
+                 else (None, None))
         return decode_darts(self.alphas_normal, self.alphas_reduce, self.primitives, self.num_blocks,
-                            self.multiplier)
+                            self.multiplier, *edges, max_skip_connect=self.guards.max_skip_connect)
 
     def figures(self, arch: Genotype) -> dict[str, np.ndarray]:
         """softmax(alpha) of each cell type as a heat map, and each decoded cell."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autoseg.genotype import num_edges
 from autoseg.ops import check_primitives
+from autoseg.search.collapse_guards import CollapseGuards, channel_shuffle, check_partial_channels
 from autoseg.search.wide_ops import EdgeInput, build_wide_op
 
 
@@ -25,22 +27,56 @@ class MixedEdges(nn.Module):
     rows of those edges and returns ``(N, num_edges, C, H', W')``: slice ``i`` is
     ``sum_o weights[i, o] * op_o(x)`` with edge ``i``'s own op weights. The ``none`` op adds
     exactly zero to the sum and to every gradient, so it is skipped.
+
+    The collapse guards (:mod:`autoseg.search.collapse_guards`), none without ``guards``:
+    ``partial_channels`` K runs the ops on the first C/K channels only, concatenates the
+    bypassing rest and shuffles the channels (PC-DARTS); ``edge_weights`` (PC-DARTS edge
+    normalisation) scale each edge's output; the identity ``skip_connect`` gets dropout at
+    ``guards.current_skip_dropout`` in training mode (P-DARTS); with ``auxiliary_skip`` on,
+    every edge adds ``guards.current_auxiliary_skip`` times a skip connection of the whole
+    input (DARTS-).
     """
 
-    def __init__(self, channels: int, num_edges: int, stride: int, primitives: Sequence[str]):
+    def __init__(self, channels: int, num_edges: int, stride: int, primitives: Sequence[str],
+                 guards: CollapseGuards | None = None):
         super().__init__()
+        self.partial_channels = guards.partial_channels if guards is not None else 1
+        check_partial_channels(channels, self.partial_channels)
         self.active = [i for i, name in enumerate(primitives) if name != "none"]
         if not self.active:
             raise ValueError("a mixed op needs at least one op other than 'none'")
-        self.ops = nn.ModuleList(build_wide_op(primitives[i], channels, num_edges, stride) for i in self.active)
+        self.ops = nn.ModuleList(build_wide_op(primitives[i], channels // self.partial_channels, num_edges, stride)
+                                 for i in self.active)
+        self.guards = guards
+        # P-DARTS drops out the identity only (a stride-2 skip_connect is a FactorizedReduce)
+        self.dropout_op = (self.active.index(list(primitives).index("skip_connect"))
+                           if stride == 1 and "skip_connect" in primitives else None)
+        self.bypass_pool = (nn.MaxPool2d(2, 2, ceil_mode=True) if self.partial_channels > 1 and stride == 2
+                            else None)
+        self.auxiliary = (build_wide_op("skip_connect", channels, num_edges, stride)
+                          if guards is not None and guards.auxiliary_skip > 0 else None)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        inputs = EdgeInput(x)
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        k = self.partial_channels
+        inputs = EdgeInput(x[:, :x.shape[1] // k] if k > 1 else x)
+        dropout = self.guards.current_skip_dropout if self.guards is not None and self.training else 0.0
         out = None
-        for i, op in zip(self.active, self.ops):
+        for slot, (i, op) in enumerate(zip(self.active, self.ops)):
             y = op(inputs)
+            if slot == self.dropout_op and dropout > 0:  # an independent mask per edge
+                y = F.dropout(y.expand(-1, weights.shape[0], -1, -1, -1), dropout)
             term = weights[:, i].to(y.dtype).view(1, -1, 1, 1, 1) * y
             out = term if out is None else out + term
+        if k > 1:
+            rest = x[:, x.shape[1] // k:]
+            if self.bypass_pool is not None:
+                rest = self.bypass_pool(rest)
+            out = channel_shuffle(torch.cat([out, rest.unsqueeze(1).expand(-1, out.shape[1], -1, -1, -1)], dim=2),
+                                  k, dim=2)
+        if edge_weights is not None:
+            out = out * edge_weights.to(out.dtype).view(1, -1, 1, 1, 1)
+        if self.auxiliary is not None and self.guards.current_auxiliary_skip > 0:
+            out = out + self.guards.current_auxiliary_skip * self.auxiliary(inputs if k == 1 else EdgeInput(x))
         return out
 
 
@@ -55,10 +91,13 @@ class MixedCell(nn.Module):
     State ``j`` feeds blocks ``max(j - 1, 0) .. num_blocks - 1``; ``fan_outs[j]`` runs those
     edges together as soon as state ``j`` exists, and block ``i`` is complete once state
     ``i + 1`` has been fanned out.
+
+    ``guards`` (:class:`~autoseg.search.collapse_guards.CollapseGuards`, default none) switches
+    on the collapse guards of every edge (see :class:`MixedEdges`).
     """
 
     def __init__(self, channels: int, num_blocks: int, multiplier: int, primitives: Sequence[str],
-                 reduction: bool = False):
+                 reduction: bool = False, guards: CollapseGuards | None = None):
         super().__init__()
         check_primitives(primitives)
         if not 1 <= multiplier <= num_blocks:
@@ -67,7 +106,7 @@ class MixedCell(nn.Module):
         self.multiplier = multiplier
         self.targets = [list(range(max(state - 1, 0), num_blocks)) for state in range(num_blocks + 1)]
         self.fan_outs = nn.ModuleList(
-            MixedEdges(channels, len(blocks), 2 if reduction and state < 2 else 1, primitives)
+            MixedEdges(channels, len(blocks), 2 if reduction and state < 2 else 1, primitives, guards)
             for state, blocks in enumerate(self.targets)
         )
         # the alpha rows of the fan-outs' edges, fan-out after fan-out
@@ -75,12 +114,17 @@ class MixedCell(nn.Module):
         assert sorted(rows) == list(range(num_edges(num_blocks)))
         self.register_buffer("rows", torch.tensor(rows), persistent=False)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: softmax(alpha); ``edge_weights``: the PC-DARTS edge weights, one per alpha row."""
         states = [s0, s1]
         blocks: list[torch.Tensor | None] = [None] * self.num_blocks
-        fan_out_weights = weights[self.rows].split([len(targets) for targets in self.targets])
-        for state, (fan_out, targets, rows) in enumerate(zip(self.fan_outs, self.targets, fan_out_weights)):
-            out = fan_out(states[state], rows)
+        sizes = [len(targets) for targets in self.targets]
+        fan_out_weights = weights[self.rows].split(sizes)
+        fan_out_edges = edge_weights[self.rows].split(sizes) if edge_weights is not None else [None] * len(sizes)
+        for state, (fan_out, targets, rows, edges) in enumerate(zip(self.fan_outs, self.targets, fan_out_weights,
+                                                                     fan_out_edges)):
+            out = fan_out(states[state], rows, edges)
             for slot, block in enumerate(targets):
                 blocks[block] = out[:, slot] if blocks[block] is None else blocks[block] + out[:, slot]
             if state >= 1:

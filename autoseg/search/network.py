@@ -33,6 +33,10 @@ class SearchNetwork(nn.Module, abc.ABC):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
+    def set_search_progress(self, fraction: float) -> None:
+        """Called by the search at the start of every epoch with the fraction (0..1) of the
+        search done, for what decays over a search (the collapse guards); no-op by default."""
+
     @abc.abstractmethod
     def decode(self) -> Architecture:
         """The discrete architecture the current architecture parameters encode."""

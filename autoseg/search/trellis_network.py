@@ -20,6 +20,11 @@ depends on there being 12 layers or 4 levels.
 - Head: an ASPP module on every node of the last layer (a 1x1 branch, one 3x3 branch of
   atrous rate ``aspp_base_rate / stride`` = 96/s, image pooling), a 1x1 classifier, logits
   upsampled to the input size and summed.
+- Collapse guards (:mod:`autoseg.search.collapse_guards`), off by default: ``partial_channels``,
+  ``auxiliary_skip`` and ``skip_dropout`` change every cell's mixed ops; ``edge_normalization``
+  adds PC-DARTS's per-edge logits ``edge_betas`` (shared by every cell, like alpha) to the
+  architecture parameters; ``max_skip_connect`` caps the ``skip_connect`` edges of the decoded
+  cell (P-DARTS).
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from autoseg.genotype import num_edges
 from autoseg.aspp import ASPP
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_hierarchical
+from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_weights
 from autoseg.search.grouped_batchnorm import batch_groups, convert_batchnorm, frozen_running_statistics
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
@@ -69,7 +75,7 @@ class TrellisNode(nn.Module):
 
     def __init__(self, level: int, sources: Sequence[int], source_channels: dict[int, int],
                  prev_prev_channels: int | None, filter_multiplier: int, num_blocks: int,
-                 primitives: Sequence[str]):
+                 primitives: Sequence[str], guards: CollapseGuards | None = None):
         super().__init__()
         self.level = level
         self.sources = list(sources)
@@ -85,13 +91,15 @@ class TrellisNode(nn.Module):
                 self.inputs[str(source)] = ReLUConvBN(c_in, channels, 1, 1, 0, affine=False)
         self.preprocess0 = (ReLUConvBN(prev_prev_channels, channels, 1, 1, 0, affine=False)
                             if prev_prev_channels is not None else None)
-        self.cell = MixedCell(channels, num_blocks, num_blocks, primitives)
+        self.cell = MixedCell(channels, num_blocks, num_blocks, primitives, guards=guards)
         self.out_channels = num_blocks * channels
 
     def forward(self, prev: dict[int, torch.Tensor], prev_prev: torch.Tensor | None,
-                probs: torch.Tensor, cell_weights: torch.Tensor, size: torch.Size | None) -> torch.Tensor:
+                probs: torch.Tensor, cell_weights: torch.Tensor, size: torch.Size | None,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         """``prev`` maps levels of layer l-1 to states, ``probs[p]`` is the probability of the
-        transition from level p; ``size`` is this level's spatial size (the target of upsampling).
+        transition from level p; ``size`` is this level's spatial size (the target of upsampling);
+        ``edge_weights`` are the PC-DARTS edge weights (edge normalisation), if on.
 
         The inputs of all incoming transitions are stacked into one batch and the cell runs
         once on it, with per-transition batch-norm statistics; this equals running the cell
@@ -109,7 +117,7 @@ class TrellisNode(nn.Module):
             if groups > 1:
                 s0 = s0.unsqueeze(1).expand(-1, groups, -1, -1, -1).flatten(0, 1)
         with batch_groups(groups):
-            out = self.cell(s0, s1, cell_weights)
+            out = self.cell(s0, s1, cell_weights, edge_weights)
         weights = probs[self.sources]
         if groups == 1:
             return out * weights[0]
@@ -135,8 +143,11 @@ class TrellisSearchNetwork(SearchNetwork):
     def __init__(self, num_classes: int, layers: int = 12, levels: int = 4, blocks: int = 5,
                  filter_multiplier: int = 8, primitives: Sequence[str] = PRIMITIVES,
                  free_first_step: bool = True, aspp_base_rate: int = 96, aspp_channels: int | None = None,
-                 checkpoint_cells: bool = False):
+                 checkpoint_cells: bool = False, partial_channels: int = 1, edge_normalization: bool = False,
+                 auxiliary_skip: float = 0.0, skip_dropout: float = 0.0, max_skip_connect: int | None = None):
         super().__init__()
+        self.guards = CollapseGuards(partial_channels, edge_normalization, auxiliary_skip, skip_dropout,
+                                     max_skip_connect)
         if layers < 1 or levels < 1 or blocks < 1 or filter_multiplier < 1:
             raise ValueError("layers, levels, blocks and filter_multiplier must all be positive")
         self.num_layers, self.num_levels, self.num_blocks = layers, levels, blocks
@@ -155,7 +166,8 @@ class TrellisSearchNetwork(SearchNetwork):
         for layer, level in trellis_nodes(layers, levels, free_first_step):
             sources = predecessors(layer, level, levels, free_first_step)
             node = TrellisNode(level, sources, {p: channels[(layer - 1, p)] for p in sources},
-                               channels.get((layer - 2, level)), filter_multiplier, blocks, self.primitives)
+                               channels.get((layer - 2, level)), filter_multiplier, blocks, self.primitives,
+                               self.guards)
             self.nodes[self.node_key(layer, level)] = node
             channels[(layer, level)] = node.out_channels
         self.last_levels = [lv for (l, lv) in channels if l == layers - 1]
@@ -166,6 +178,8 @@ class TrellisSearchNetwork(SearchNetwork):
         })
         self.alphas = nn.Parameter(1e-3 * torch.randn(num_edges(blocks), len(self.primitives)))
         self.betas = nn.Parameter(1e-3 * torch.randn(layers, levels, 3))
+        if edge_normalization:  # PC-DARTS's per-edge logits (not the network-level beta)
+            self.edge_betas = nn.Parameter(1e-3 * torch.randn(num_edges(blocks)))
         convert_batchnorm(self)
 
     @staticmethod
@@ -174,8 +188,13 @@ class TrellisSearchNetwork(SearchNetwork):
         return f"{layer}_{level}"
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        """alpha (shared by every cell) and beta (the transitions)."""
-        return [self.alphas, self.betas]
+        """alpha (shared by every cell), beta (the transitions) and, with ``edge_normalization``,
+        the cell's edge logits."""
+        return [self.alphas, self.betas, *([self.edge_betas] if self.guards.edge_normalization else [])]
+
+    def set_search_progress(self, fraction: float) -> None:
+        """Tell the decaying collapse guards which fraction (0..1) of the search is done."""
+        self.guards.set_progress(fraction)
 
     def transition_probabilities(self) -> torch.Tensor:
         """The (L, S, S) transition probabilities derived from beta."""
@@ -183,6 +202,8 @@ class TrellisSearchNetwork(SearchNetwork):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cell_weights = F.softmax(self.alphas, dim=-1)
+        edge_weights = (edge_normalization_weights(self.edge_betas, self.num_blocks)
+                        if self.guards.edge_normalization else None)
         probs = self.transition_probabilities()
         states: dict[tuple[int, int], torch.Tensor] = {(-1, 0): self.stem(x)}
         sizes = {0: states[(-1, 0)].shape[-2:]}
@@ -195,7 +216,8 @@ class TrellisSearchNetwork(SearchNetwork):
                 key = self.node_key(layer, level)
                 if key not in self.nodes:
                     continue
-                args = (prev, states.get((layer - 2, level)), probs[layer, :, level], cell_weights, sizes[level])
+                args = (prev, states.get((layer - 2, level)), probs[layer, :, level], cell_weights, sizes[level],
+                        edge_weights)
                 node = self.nodes[key]
                 if self.checkpoint_cells and torch.is_grad_enabled():
                     states[(layer, level)] = checkpoint(node, *args, use_reentrant=False,
@@ -219,7 +241,9 @@ class TrellisSearchNetwork(SearchNetwork):
     def decode(self) -> NetworkArch:
         """The discrete architecture: Viterbi path, top-2 cell, and the numbers behind them."""
         return decode_hierarchical(self.alphas, self.betas, self.primitives, self.filter_multiplier,
-                                   self.free_first_step)
+                                   self.free_first_step,
+                                   edge_betas=self.edge_betas if self.guards.edge_normalization else None,
+                                   max_skip_connect=self.guards.max_skip_connect)
 
     def figures(self, arch: NetworkArch) -> dict[str, np.ndarray]:
         """softmax(alpha), the trellis of transition probabilities with the decoded path, and

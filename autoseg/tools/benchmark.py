@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_amp_argument(p)
     p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cells in backward (hierarchical)")
+    p.add_argument("--partial-channels", type=int, default=1, metavar="K",
+                   help="PC-DARTS partial channel connections: 1/K of the channels through the mixed ops (1: off)")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind (0: memory figures only)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -70,11 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
     if hierarchical:
         model_cfg = TrellisModelConfig(layers=args.layers or 12, levels=args.levels, blocks=args.blocks or 5,
                                        filter_multiplier=args.filter_multiplier,
-                                       checkpoint_cells=args.checkpoint_cells)
+                                       checkpoint_cells=args.checkpoint_cells, partial_channels=args.partial_channels)
     else:
         blocks = args.blocks or 4
         model_cfg = DartsSearchModelConfig(init_channels=args.init_channels, layers=args.layers or 8,
-                                           blocks=blocks, multiplier=blocks)
+                                           blocks=blocks, multiplier=blocks, partial_channels=args.partial_channels)
     cfg = SearchConfig(mode=args.mode, model=model_cfg)
     size = args.crop_size or (321 if hierarchical else 32)
     batch = args.batch_size or (2 if hierarchical else 64)
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     with autocast(device, args.amp):
         saved = saved_activation_bytes(lambda: criterion(model(inputs).float(), target))
     result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp,
-              "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells, "batch_size": batch,
+              "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells,
+              "partial_channels": args.partial_channels, "batch_size": batch,
               "crop_size": size, **({"filter_multiplier": args.filter_multiplier, "levels": args.levels}
                                     if hierarchical else {"init_channels": args.init_channels}),
               "layers": model_cfg.layers, "blocks": model_cfg.blocks,
