@@ -17,8 +17,8 @@ beyond the scaler. ``train.nan_policy`` says what a non-finite value does:
   statistics its forward pass changed restored) and counted in the epoch's record; the position,
   the learning-rate schedule and the data order go on. The architecture step of a search is then
   checked on its own before Adam applies it (one more sync per step). Skipping is meant for rare
-  bad batches (a crop with no labelled pixel makes cross-entropy 0/0, a corrupt sample, a bfloat16
-  overflow); a run whose weights diverged has every batch bad, so after
+  bad batches (a crop with no labelled pixel makes cross-entropy 0/0, a corrupt sample, an fp16
+  forward pass that overflows); a run whose weights diverged has every batch bad, so after
   :data:`SKIPS_IN_A_ROW_LIMIT` steps in a row with a dropped update it stops as ``stop`` does.
 
 Whatever the policy, a checkpoint is written only of finite weights (:func:`non_finite_tensors`).
