@@ -271,6 +271,9 @@ _POSITIVE = Bounds(0, low_open=True)
 _FRACTION = Bounds(0, 1, high_open=True)  # momentum, Adam betas, drop-path probability
 _SEED = Bounds(0, 2**32 - 1)  # what numpy.random.seed accepts
 
+_GUARDS = {"partial_channels": _COUNT, "auxiliary_skip": _NON_NEGATIVE, "skip_dropout": _FRACTION,
+           "max_skip_connect": _NON_NEGATIVE}  # the collapse guards of both search modes
+
 BOUNDS: dict[type, dict[str, Bounds]] = {
     DataConfig: {"num_classes": _COUNT, "batch_size": _COUNT, "crop_size": _COUNT, "scale": Bounds(0, 1, low_open=True),
                  "image_size": _COUNT, "train_length": _COUNT, "val_length": _COUNT, "num_workers": _NON_NEGATIVE,
@@ -280,9 +283,9 @@ BOUNDS: dict[type, dict[str, Bounds]] = {
                       "grad_clip": _POSITIVE},
     ArchOptimizerConfig: {"lr": _POSITIVE, "betas": _FRACTION, "weight_decay": _NON_NEGATIVE},
     DartsSearchModelConfig: {"init_channels": _COUNT, "layers": _COUNT, "blocks": _COUNT, "multiplier": _COUNT,
-                             "stem_multiplier": _COUNT},
+                             "stem_multiplier": _COUNT, **_GUARDS},
     TrellisModelConfig: {"layers": _COUNT, "levels": _COUNT, "blocks": _COUNT, "filter_multiplier": _COUNT,
-                         "aspp_base_rate": _COUNT, "aspp_channels": _COUNT},
+                         "aspp_base_rate": _COUNT, "aspp_channels": _COUNT, **_GUARDS},
     TrainConfig: {"epochs": _COUNT, "warmup_epochs": _NON_NEGATIVE, "max_steps": _COUNT, "seed": _SEED,
                   "log_every": _COUNT, "checkpoint_every_steps": _COUNT},
     RetrainModelConfig: {"filter_multiplier": _COUNT, "bn_momentum": Bounds(0, 1, low_open=True),
