@@ -153,6 +153,7 @@ TOOLS: dict[str, str] = {
     "predict": "segment images with a retrained model",
     "export": "export a retrained model to ONNX and check it with onnxruntime",
     "benchmark": "time and measure the search supernets",
+    "profile_model": "parameters, Multi-Adds, latency and peak memory of a model",
     "check_data": "check every image and mask of a dataset and list every problem",
     "sample": "draw random architectures from a search space (the baseline a search must beat)",
     "benchmark_search": "searched vs random architectures, retrained under one budget: does search beat random?",
