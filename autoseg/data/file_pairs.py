@@ -47,6 +47,7 @@ class FilePairsDataset(SegmentationDataset):
         scale_range: tuple[float, float] = (0.5, 2.0),
     ) -> None:
         self.samples = self.find_pairs(root, split)
+        self.root, self.split = Path(root), split  # where the pre-flight data check looks
         if crop_size is None:
             crop_size = self.retrain_crop_size if transform_kind == "retrain" else self.search_crop_size
         scale = self.search_scale if scale is None else scale
