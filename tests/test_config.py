@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, load_tool
 
 from autoseg.config import (BOUNDS, DartsSearchModelConfig, RetrainConfig, SearchConfig, TrellisModelConfig,
-                            load_config, override, validate_config)
+                            config_problems, load_config, override, validate_config)
 from autoseg.cli import run_tool
 from autoseg.errors import UserError
 
@@ -88,6 +88,7 @@ def test_values_at_the_edges_are_accepted() -> None:
                        "data.num_workers": 0, "arch_optimizer.betas": (0.0, 0.0), "train.seed": 2**32 - 1,
                        "data.scale_range": (1.0, 1.0), "model.primitives": ["none", "skip_connect"]}.items():
         override(config, key, value)
+    assert config_problems(config) == []
     validate_config(config)
 
 
@@ -130,7 +131,8 @@ def test_every_numeric_setting_has_bounds() -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_are_valid(path: Path) -> None:
-    load_config(path, SearchConfig if path.parent.name == "search" else RetrainConfig)
+    config = load_config(path, SearchConfig if path.parent.name == "search" else RetrainConfig)
+    assert config_problems(config) == []
 
 
 def test_load_config_rejects_a_bad_file_naming_it(tmp_path: Path) -> None:
