@@ -19,6 +19,7 @@ from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
 from autoseg.errors import UserError
 from autoseg.precision import AUTOCAST_DTYPES
+from autoseg.process import is_main
 
 T = TypeVar("T")
 
@@ -128,6 +129,17 @@ def create_run_dir(run_dir: Path, config: Any) -> None:
     needs has been built, so that bad input leaves no directory behind."""
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
+
+
+def start_run(run: Any, state: dict[str, Any] | None, resuming: bool, run_dir: Path, config: Any) -> Callable[..., None]:
+    """Put ``run`` where it continues: load a resumed run's checkpoint ``state``, or create a new
+    run's directory (a resumed run stopped before its first checkpoint starts over in its own).
+    Returns the main process's ``print`` (a no-op on the other processes)."""
+    if state is not None:
+        run.load_state_dict(state)
+    elif not resuming:
+        distributed.on_main(lambda: create_run_dir(run_dir, config))
+    return print if is_main() else lambda *_: None
 
 
 def run_tool(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:

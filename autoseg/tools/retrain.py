@@ -29,7 +29,7 @@ from typing import Any
 from torch import nn
 
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
-                         create_run_dir, default_config, resumed_config, stopped_message)
+                         default_config, resumed_config, start_run, stopped_message)
 from autoseg.config import RetrainConfig, load_config
 from autoseg.data import dataset_eval_split
 from autoseg.data.check import require_valid_data
@@ -120,11 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     meta = TrainedModelMeta(task.kind, cfg.data.dataset, task.num_classes, spec, list(train_set.class_names),
                             train_set.palette.tolist() if task.segmentation else [])
     run = RetrainRun(cfg, model, meta, task, train_set, val_set, run_dir, device)
-    if state is not None:
-        run.load_state_dict(state)
-    elif not args.resume:
-        distributed.on_main(lambda: create_run_dir(run_dir, cfg))
-    say = print if is_main() else lambda *_: None
+    say = start_run(run, state, args.resume is not None, run_dir, cfg)
     say(f"retraining {cfg.model.arch} ({count_parameters(model):,} parameters) on {cfg.data.dataset}, "
         f"{run.total_steps} steps, device {device} x {world_size()} process(es), run directory {run_dir}")
     record = run.run()

@@ -12,7 +12,7 @@ import argparse
 import json
 
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
-                         create_run_dir, default_config, resumed_config, stopped_message)
+                         default_config, resumed_config, start_run, stopped_message)
 from autoseg.config import SearchConfig, load_config
 from autoseg.data.check import require_valid_data
 from autoseg.engine import distributed
@@ -21,7 +21,7 @@ from autoseg.engine.search_loop import SearchRun
 from autoseg.engine.search_setup import build_search_data, build_search_network, check_mode_and_dataset
 from autoseg.engine.task import build_task
 from autoseg.errors import UserError
-from autoseg.process import is_main, world_size
+from autoseg.process import world_size
 
 SEARCH_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "unrolled": "train.unrolled",
                 "warmup_epochs": "train.warmup_epochs", "filter_multiplier": "model.filter_multiplier",
@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     distributed.on_main(lambda: require_valid_data(data))
     run = SearchRun(cfg, build_search_network(cfg, task.num_classes), task, data, run_dir, device)
     state = resumed_state(run_dir) if args.resume else None
-    if state is not None:
-        run.load_state_dict(state)
-    elif not args.resume:
-        distributed.on_main(lambda: create_run_dir(run_dir, cfg))
-    say = print if is_main() else lambda *_: None
+    say = start_run(run, state, args.resume is not None, run_dir, cfg)
     say(f"searching ({cfg.mode}) on {cfg.data.dataset} with {run.model.summary()['params']:,} weight parameters, "
         f"device {device} x {world_size()} process(es), run directory {run_dir}")
     run.run()
