@@ -14,6 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `fakes`
 
+from fakes import write_fake_cifar10  # noqa: E402  (found through the line above)
+
 
 def load_tool(name: str) -> Any:
     """The module of tool ``name`` (``autoseg.tools.<name>``, what ``autoseg <name>`` runs)."""
@@ -48,6 +50,17 @@ def write_tiny_search_config(path: Path, **train: Any) -> Path:
                         data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
                               "batch_size": 2, "eval_batch_size": 4},
                         model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1, **train})
+
+
+def write_tiny_cifar_search_config(root: Path, **model: Any) -> Path:
+    """A DARTS cell search on fake CIFAR-10 (32 training images, written to ``root/cifar``) that
+    runs in seconds: 2 epochs of 4 steps, a supernet of 3 cells of 2 blocks; ``model`` settings
+    override. Returns ``root/tiny_cifar.yaml``."""
+    write_fake_cifar10(root / "cifar", num_train=32, num_test=8)
+    return write_config(root / "tiny_cifar.yaml", "search/cifar10",
+                        data={"root": str(root / "cifar"), "batch_size": 4, "num_workers": 0, "eval_batch_size": 8},
+                        model={"init_channels": 4, "layers": 3, "blocks": 2, "multiplier": 2, **model},
+                        train={"epochs": 2})
 
 
 def write_tiny_retrain_config(path: Path, **train: Any) -> Path:

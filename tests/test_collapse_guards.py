@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_TRELLIS, write_config
-from fakes import write_fake_cifar10
+from conftest import TINY_TRELLIS, write_config, write_tiny_cifar_search_config
 
 from autoseg import topk_cell
 from autoseg.config import SearchConfig, TrellisModelConfig
@@ -478,12 +477,7 @@ def test_hierarchical_search_with_guards_decodes_the_same_from_its_checkpoint(to
 
 
 def test_cifar_search_with_guards_resumes_exactly_and_decodes_the_same_from_its_checkpoint(tool, tmp_path):
-    write_fake_cifar10(tmp_path / "cifar", num_train=32, num_test=8)
-    config = write_config(tmp_path / "tiny_cifar.yaml", "search/cifar10",
-                          data={"root": str(tmp_path / "cifar"), "batch_size": 4, "num_workers": 0,
-                                "eval_batch_size": 8},
-                          model={"init_channels": 4, "layers": 3, "blocks": 2, "multiplier": 2, **ALL_ON},
-                          train={"epochs": 2})
+    config = write_tiny_cifar_search_config(tmp_path, **ALL_ON)
     search = tool("search")
     genotype = search(["--config", str(config), "--out", str(tmp_path / "full"), "--device", "cpu"])
     search(["--config", str(config), "--out", str(tmp_path / "cut"), "--max-steps", "6"])  # stops mid-epoch 2

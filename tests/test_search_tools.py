@@ -4,8 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY_TRELLIS, assert_same, write_config
-from fakes import write_fake_cifar10
+from conftest import ROOT, TINY_TRELLIS, assert_same, write_config, write_tiny_cifar_search_config
 
 from autoseg.engine.checkpoint import load_checkpoint
 
@@ -53,12 +52,7 @@ def test_hierarchical_dry_run_at_paper_size(tool, capsys):
 
 
 def test_cifar_search_resume_reproduces_the_uninterrupted_run(tool, tmp_path):
-    write_fake_cifar10(tmp_path / "cifar", num_train=32, num_test=8)
-    config = write_config(tmp_path / "tiny_cifar.yaml", "search/cifar10",
-                          data={"root": str(tmp_path / "cifar"), "batch_size": 4, "num_workers": 0,
-                                "eval_batch_size": 8},
-                          model={"init_channels": 4, "layers": 3, "blocks": 2, "multiplier": 2},
-                          train={"epochs": 2})
+    config = write_tiny_cifar_search_config(tmp_path)
     search = tool("search")
     genotype = search(["--config", str(config), "--out", str(tmp_path / "full"), "--device", "cpu"])
     saved = json.loads((tmp_path / "full" / "genotype.json").read_text())
