@@ -1,4 +1,5 @@
-"""Figures of a search: op weights, the network-level trellis and the decoded cell.
+"""Figures of a search: op weights, the network-level trellis, the decoded cell and how they
+evolved over the epochs.
 
 Every figure function renders off-screen with matplotlib's Agg canvas (no pyplot, no global
 backend switch) and returns the picture as a ``uint8`` array ``(H, W, 3)``, ready for
@@ -7,12 +8,14 @@ TensorBoard's ``add_image(..., dataformats="HWC")`` or :func:`save_png`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib.image
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from autoseg.genotype import blocks_from_edges
 from autoseg.trellis import as_transition_array
@@ -278,4 +281,67 @@ def cell_figure(genotype_edges: list[list[tuple[str, int]]], title: str = "") ->
                   bbox={"boxstyle": "circle,pad=0.35" if is_block else "round,pad=0.4",
                         "facecolor": "#c6dbef" if is_block else "#fdd0a2",
                         "edgecolor": "0.3"})
+    return _render(figure)
+
+
+def evolution_figure(
+    epochs: Sequence[int],
+    op_weights: dict[str, np.ndarray],
+    primitives: Sequence[str],
+    paths: np.ndarray | None = None,
+) -> np.ndarray:
+    """How a search's architecture evolved, one panel under the other over the same epoch axis.
+
+    Args:
+        epochs: the ``T`` epochs (consecutive).
+        op_weights: by cell type, a ``(T, O)`` array: the weight of each op in each epoch
+            (typically softmax(alpha) averaged over the cell's edges); one panel per cell
+            type, one line per op.
+        primitives: the ``O`` op names (the legend).
+        paths: ``(T, L)`` decoded network paths (a level per layer), drawn as a map of
+            layers by epoch coloured by output stride; None for a cell search.
+
+    Raises:
+        ValueError: no epochs, or shapes that disagree.
+    """
+    epochs = np.asarray(epochs)
+    if epochs.ndim != 1 or not len(epochs):
+        raise ValueError("evolution_figure needs at least one epoch")
+    for name, weights in op_weights.items():
+        if np.shape(weights) != (len(epochs), len(primitives)):
+            raise ValueError(f"op_weights[{name!r}] must be ({len(epochs)}, {len(primitives)}), "
+                             f"got {np.shape(weights)}")
+    if paths is not None and (np.ndim(paths) != 2 or len(paths) != len(epochs)):
+        raise ValueError(f"paths must be ({len(epochs)}, num_layers), got {np.shape(paths)}")
+    panels = len(op_weights) + (paths is not None)
+    width, height = min(16.0, 6.0 + 0.2 * len(epochs)), 0.7 + 2.6 * panels
+    figure = Figure(figsize=(width, height), dpi=100)
+    # margins fixed in inches, the same for every panel, so that their epochs line up
+    right = 1 - 1.8 / width
+    figure.subplots_adjust(left=1.0 / width, right=right, bottom=0.55 / height, top=1 - 0.15 / height,
+                           hspace=0.12)
+    axes = figure.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+    palette = matplotlib.colormaps["tab10"].colors
+    for panel, (name, weights) in zip(axes, op_weights.items()):
+        for index, op in enumerate(primitives):
+            panel.plot(epochs, np.asarray(weights)[:, index], marker="o", markersize=3,
+                       color=palette[index % len(palette)], label=op)
+        panel.set_ylabel(f"{name}: mean weight")
+        panel.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    if paths is not None:
+        paths = np.asarray(paths)
+        levels = int(paths.max()) + 1
+        panel = axes[-1]
+        image = panel.imshow(paths.T, cmap=matplotlib.colormaps["viridis"].resampled(levels), aspect="auto",
+                             vmin=-0.5, vmax=levels - 0.5, interpolation="nearest",
+                             extent=(epochs[0] - 0.5, epochs[-1] + 0.5, paths.shape[1] - 0.5, -0.5))
+        box = panel.get_position()
+        bar = figure.colorbar(image, cax=figure.add_axes((right + 0.15 / width, box.y0, 0.15 / width, box.height)),
+                              ticks=range(levels))
+        bar.ax.set_yticklabels([str(4 * 2**level) for level in range(levels)], fontsize=8)
+        bar.set_label("output stride")
+        panel.set_yticks(range(paths.shape[1]))
+        panel.set_ylabel("layer of the path")
+    axes[-1].set_xlabel("epoch")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     return _render(figure)

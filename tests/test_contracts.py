@@ -52,6 +52,8 @@ def test_both_supernets_honour_the_search_network_interface(name):
     assert arch_ids | weight_ids == {id(p) for p in net.parameters()}
     arch = net.decode()
     assert isinstance(arch, Genotype if name == "darts" else NetworkArch)
+    weights = net.arch_weights()
+    assert net.cell_types and all(weights[cell].shape[1] == len(net.primitives) for cell in net.cell_types)
     figures = net.figures(arch)
     assert figures and all(image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
                            for image in figures.values())

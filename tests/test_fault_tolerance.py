@@ -153,7 +153,7 @@ def _kill_points(seed: int, steps: int) -> list[tuple[int, bool]]:
 def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tool, tmp_path):
     if tool == "search":  # 2 epochs of 4 steps (the first a warm-up), a checkpoint every step
         config = write_tiny_search_config(tmp_path / "config.yaml", checkpoint_every_steps=1)
-        outputs = ["arch.json"]
+        outputs = ["arch.json", "arch_history.jsonl", "arch_evolution.png"]
     else:  # 2 epochs of 4 steps
         config = write_tiny_retrain_config(tmp_path / "config.yaml", epochs=2, checkpoint_every_steps=1)
         outputs = ["best.pt"]

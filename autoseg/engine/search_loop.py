@@ -5,7 +5,8 @@ architect), then one weight update (SGD, gradient clipping) on a batch of half A
 run each of the two goes through its own gradient scaler (:mod:`autoseg.precision`). The
 weight learning rate follows a cosine schedule per epoch. Every epoch ends (through
 :class:`~autoseg.engine.run.TrainingRun`) with an evaluation, the architecture decoded once,
-TensorBoard scalars and images, the architecture file and an atomic checkpoint; ``max_steps``
+TensorBoard scalars and images, the architecture file, the history of every epoch's architecture
+(:mod:`autoseg.search.arch_history`) and an atomic checkpoint; ``max_steps``
 stops early (with a checkpoint of the position) and ``resume`` continues a stopped run exactly
 where it stopped.
 """
@@ -30,6 +31,8 @@ from autoseg.engine.task import Task
 from autoseg.errors import UserError
 from autoseg.files import write_json
 from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
+from autoseg.search.arch_history import (EVOLUTION_FIGURE, evolution_series, history_entry, history_figure, history_file,
+                                         write_history)
 from autoseg.search.architect import Architect, Batch
 from autoseg.search.network import SearchNetwork
 
@@ -70,15 +73,17 @@ class SearchRun(TrainingRun):
         self.architect = Architect(self.model, self.criterion, self.a_optimizer, self.w_optimizer,
                                    unrolled=cfg.train.unrolled, scaler=self.a_scaler)
         self.arch: Architecture = self.model.decode()
+        self.arch_history: list[dict[str, Any]] = []  # an entry per finished epoch (arch_history.history_entry)
         self.arch_loss: torch.Tensor | None = None
 
     def training_state(self) -> dict[str, Any]:
         """Supernet, both optimisers and their gradient scalers, the schedule, the search mode and the
-        current architecture."""
+        current architecture and the history of the architectures."""
         return {"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
                 "a_optimizer": self.a_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "w_scaler": self.w_scaler.state_dict(), "a_scaler": self.a_scaler.state_dict(),
-                "mode": self.cfg.mode, "arch": self.arch.to_dict()}
+                "mode": self.cfg.mode, "arch": self.arch.to_dict(),
+                "arch_history": self.arch_history}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`training_state`."""
@@ -89,6 +94,7 @@ class SearchRun(TrainingRun):
         load_scaler_state(self.w_scaler, state.get("w_scaler"))
         load_scaler_state(self.a_scaler, state.get("a_scaler"))
         self.arch = architecture_from_dict(state["arch"], "the checkpoint's architecture")
+        self.arch_history = state.get("arch_history", [])  # checkpoints of earlier versions kept none
 
     def prepare_epoch(self) -> None:
         """Tell the supernet how far the search is (for what decays over it: the collapse guards)."""
@@ -178,24 +184,33 @@ class SearchRun(TrainingRun):
         self.scheduler.step()
 
     def after_record(self, record: dict[str, Any]) -> None:
-        """Decode the architecture once per evaluation."""
+        """Decode the architecture once per evaluation (every epoch) and add it to the history."""
         self.arch = self.model.decode()
+        self.arch_history.append(history_entry(record["epoch"], self.arch, self.model))
 
     def output_files(self) -> list[str]:
-        """The architecture file."""
-        return [self.arch.FILE_NAME]
+        """The architecture file, its history and the history's figure."""
+        return [self.arch.FILE_NAME, history_file(self.arch.FILE_NAME), EVOLUTION_FIGURE]
 
     def write_outputs(self, checkpoint: Path) -> None:
         """The decoded architecture (``arch.json`` or ``genotype.json``): of the evaluation's
-        record, or at a stop the one decoded then (what ``autoseg decode`` of the checkpoint gives)."""
+        record, or at a stop the one decoded then (what ``autoseg decode`` of the checkpoint gives);
+        the history of the finished epochs' architectures and its figure."""
         arch = self.arch if self.stop_record is None else self.model.decode()
         write_json(arch.to_dict(), self.run_dir / arch.FILE_NAME)
+        write_history(self.arch_history, self.run_dir, arch.FILE_NAME)
 
     def log_extras(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
-        """Pictures of the architecture parameters and of the decoded architecture, and its text."""
+        """Pictures of the architecture parameters and of the decoded architecture, and its text;
+        the mean op weights of each cell type and the figure of their history."""
         arch = self.arch
         for tag, image in self.model.figures(arch).items():
             writer.add_image(tag, image, self.global_step, dataformats="HWC")
+        _, weights, _ = evolution_series(self.arch_history[-1:])
+        for name, mean in weights.items():
+            for op, weight in zip(self.model.primitives, mean[0]):
+                writer.add_scalar(f"op_weights/{name}/{op}", weight, self.global_step)
+        writer.add_image("arch/evolution", history_figure(self.arch_history), self.global_step, dataformats="HWC")
         essentials = {k: v for k, v in arch.to_dict().items() if k in ("normal", "reduce", "path", "cell")}
         writer.add_text("arch", json.dumps(essentials), self.global_step)
         tqdm.write("architecture: " + json.dumps(essentials))

@@ -54,6 +54,8 @@ class DartsSearchNetwork(SearchNetwork):
     decoded normal cell (P-DARTS caps the normal cell only).
     """
 
+    cell_types = ("normal", "reduce")
+
     def __init__(self, num_classes: int = 10, init_channels: int = 16, layers: int = 8, num_blocks: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, primitives: Sequence[str] = PRIMITIVES,
                  partial_channels: int = 1, edge_normalization: bool = False, auxiliary_skip: float = 0.0,

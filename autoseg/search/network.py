@@ -24,6 +24,10 @@ class SearchNetwork(nn.Module, abc.ABC):
     primitives: tuple[str, ...]
     """The candidate ops of every mixed op, in the order of alpha's columns."""
 
+    cell_types: tuple[str, ...]
+    """The cell types, each with its own alpha: the keys of :meth:`arch_weights` that hold a
+    softmax(alpha) (num_edges x num_ops)."""
+
     @abc.abstractmethod
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters, in a fixed order."""

@@ -140,6 +140,8 @@ class SearchHead(nn.Module):
 class TrellisSearchNetwork(SearchNetwork):
     """The hierarchical (Auto-DeepLab) supernet; see the module docstring for its definition."""
 
+    cell_types = ("cell",)
+
     def __init__(self, num_classes: int, layers: int = 12, levels: int = 4, blocks: int = 5,
                  filter_multiplier: int = 8, primitives: Sequence[str] = PRIMITIVES,
                  free_first_step: bool = True, aspp_base_rate: int = 96, aspp_channels: int | None = None,

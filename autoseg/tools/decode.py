@@ -1,6 +1,7 @@
 """Decode a search checkpoint into a discrete architecture.
 
     autoseg decode runs/search/<run>            # or a checkpoint .pt file
+    autoseg decode runs/search/<run> --epoch 20 # the architecture decoded at the end of epoch 20
 
 Rebuilds the search's supernet from the checkpoint's config, loads its architecture
 parameters and decodes them with the same code the search uses, so it reproduces the search's
@@ -8,6 +9,10 @@ file exactly. Hierarchical runs: writes arch.json (Viterbi path, top-2 cell, F, 
 and the per-step probabilities); CIFAR runs: genotype.json. Also writes the search's figures
 as PNGs (arch_trellis.png and arch_cell.png, or a cell picture per cell type) and prints the
 architecture.
+
+With ``--epoch N`` it reads the architecture of epoch N from the run's history
+(arch_history.jsonl or genotype_history.jsonl, written by the search) and writes it as
+arch_epochN.json (genotype_epochN.json), a file retrain takes like arch.json.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from autoseg.engine.search_setup import build_search_network
 from autoseg.engine.task import build_task
 from autoseg.errors import UserError
 from autoseg.files import write_json
+from autoseg.search.arch_history import architecture_of_epoch, read_history
 from autoseg.visualize import save_png
 
 FIGURE_FILES = {"beta/trellis": "arch_trellis.png", "cell/decoded": "arch_cell.png",
@@ -32,7 +38,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a search run directory or a checkpoint file")
     parser.add_argument("--out", type=Path, help="where to write (default: the run directory)")
+    parser.add_argument("--epoch", type=int, help="the architecture of this epoch, from the run's history")
     args = parser.parse_args(argv)
+    run_dir = args.source if args.source.is_dir() else args.source.parent
+    out = args.out or run_dir
+    if args.epoch is not None:
+        return decode_epoch(run_dir, args.epoch, out)
     state = load_checkpoint(args.source)
     if state.get("kind", "search") != "search" or "mode" not in state or "config" not in state:
         raise UserError(f"{args.source} is not a search checkpoint (no architecture parameters in it)")
@@ -40,7 +51,6 @@ def main(argv: list[str] | None = None) -> dict:
     network = build_search_network(cfg, build_task(cfg.data.dataset, cfg.data.num_classes).num_classes)
     network.load_state_dict(state["model"])
     arch = network.decode()
-    out = args.out or (args.source if args.source.is_dir() else args.source.parent)
     out.mkdir(parents=True, exist_ok=True)
     write_json(arch.to_dict(), out / arch.FILE_NAME)
     written = [arch.FILE_NAME]
@@ -52,3 +62,13 @@ def main(argv: list[str] | None = None) -> dict:
     print("wrote " + ", ".join(str(out / name) for name in written))
     return arch.to_dict()
 
+
+def decode_epoch(run_dir: Path, epoch: int, out: Path) -> dict:
+    """Write and print the architecture of ``epoch`` from the history in ``run_dir``; returns it
+    (JSON form)."""
+    arch = architecture_of_epoch(read_history(run_dir), epoch, run_dir)
+    path = out / arch.FILE_NAME.replace(".json", f"_epoch{epoch}.json")
+    write_json(arch.to_dict(), path)
+    print(arch.describe())
+    print(f"wrote {path}")
+    return arch.to_dict()
