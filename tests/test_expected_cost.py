@@ -7,7 +7,6 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from conftest import ROOT, assert_same, write_tiny_search_config
 from fakes import write_retrain_checkpoint
 from torch.utils.flop_counter import FlopCounterMode
