@@ -19,6 +19,9 @@ from autoseg.genotype import CellGenotype, Genotype
 DEFAULT_FILTER_MULTIPLIER = 20
 """F of a retrained network when neither the architecture nor the user gives one (Auto-DeepLab-S)."""
 
+COST_KEYS = ("madds", "params", "input_size", "filter_multiplier", "num_classes")
+"""What the ``cost`` of a :class:`NetworkArch` holds."""
+
 
 def check_path(path: Sequence[int], free_first_step: bool = True, num_levels: int | None = None) -> tuple[int, ...]:
     """Validate a network-level path (one level per layer) and return it as a tuple.
@@ -67,7 +70,9 @@ class NetworkArch:
     ``cell_weights`` (softmax(alpha)) and ``transitions`` (the (L, S, S) transition
     probabilities) are the numbers the decoding saw, kept for reports and figures;
     ``edge_weights`` (PC-DARTS edge normalisation) and ``max_skip_connect`` (the P-DARTS cap)
-    record the collapse guards that shaped the decoding, when they were on.
+    record the collapse guards that shaped the decoding, when they were on. ``cost`` is what
+    the decoded network costs (``madds``, ``params``, at ``input_size`` with
+    ``filter_multiplier`` and ``num_classes``; :mod:`autoseg.expected_cost`), when counted.
     """
 
     path: tuple[int, ...]
@@ -81,6 +86,7 @@ class NetworkArch:
     transitions: list[list[list[float]]] | None = field(default=None, compare=False, repr=False)
     edge_weights: list[float] | None = field(default=None, compare=False, repr=False)
     max_skip_connect: int | None = None
+    cost: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     FILE_NAME = "arch.json"
     """Name of the file a hierarchical search writes."""
@@ -101,6 +107,9 @@ class NetworkArch:
                                 f"{list(self.primitives)} does not contain")
         if self.step_probabilities is not None:
             object.__setattr__(self, "step_probabilities", tuple(float(p) for p in self.step_probabilities))
+        if self.cost is not None and not (isinstance(self.cost, dict) and set(COST_KEYS) <= set(self.cost)):
+            raise UserError(f"the architecture's cost must be an object with keys {', '.join(COST_KEYS)}, "
+                            f"got {self.cost!r}; remove it to have it counted again")
 
     @property
     def layers(self) -> int:
@@ -125,7 +134,8 @@ class NetworkArch:
                     "free_first_step": self.free_first_step,
                     "step_probabilities": list(self.step_probabilities) if self.step_probabilities else None,
                     "cell_weights": self.cell_weights, "transitions": self.transitions,
-                    "edge_weights": self.edge_weights, "max_skip_connect": self.max_skip_connect}
+                    "edge_weights": self.edge_weights, "max_skip_connect": self.max_skip_connect,
+                    "cost": self.cost}
         data.update({key: value for key, value in optional.items() if value is not None})
         return data
 
@@ -145,7 +155,7 @@ class NetworkArch:
                    free_first_step=bool(data.get("free_first_step", True)),
                    step_probabilities=data.get("step_probabilities"), cell_weights=data.get("cell_weights"),
                    transitions=data.get("transitions"), edge_weights=data.get("edge_weights"),
-                   max_skip_connect=data.get("max_skip_connect"))
+                   max_skip_connect=data.get("max_skip_connect"), cost=data.get("cost"))
         for key, value in (("layers", arch.layers), ("blocks", arch.blocks)):
             if key in data and data[key] != value:
                 raise UserError(f"the architecture says {key}={data[key]} but its "
@@ -166,6 +176,10 @@ class NetworkArch:
         lines = [f"network path (level per layer): {list(self.path)}",
                  f"output stride per layer:       {self.strides}",
                  f"filter multiplier F={self.filter_multiplier}, blocks B={self.blocks}, layers L={self.layers}"]
+        if self.cost is not None:
+            size = "x".join(str(side) for side in self.cost["input_size"])
+            lines.append(f"decoded network (F={self.cost['filter_multiplier']}, {self.cost['num_classes']} classes) at "
+                         f"{size}: {self.cost['params']:,} parameters, {self.cost['madds'] / 1e6:,.1f} M Multi-Adds")
         return "\n".join(lines + self.cell.describe("cell"))
 
 

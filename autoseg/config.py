@@ -141,6 +141,25 @@ class TrainConfig:
 
 
 @dataclass
+class CostConfig:
+    """Cost-aware hierarchical search; off unless ``target_madds`` is set (the papers ignore cost).
+
+    With a target, the architecture loss gets ``weight * max(0, log(E / target_madds))``, the
+    hard constraint of MnasNet (Tan et al., CVPR 2019, section 3) in loss form, where E is the
+    expected Multi-Adds of the network the search would decode, a differentiable function of
+    alpha and beta (:mod:`autoseg.expected_cost`). The Multi-Adds are those of the decoded
+    network (stem, cells along the path, DeepLabv3+ head) with ``filter_multiplier`` (default:
+    the search's F) at ``input_size`` (``[H, W]``; default: the search crop), so a target can be
+    given in the currency of the network that will be retrained.
+    """
+
+    target_madds: float | None = None
+    weight: float = 1.0
+    filter_multiplier: int | None = None
+    input_size: tuple[int, int] | None = None
+
+
+@dataclass
 class SearchConfig:
     """A whole search experiment; ``mode`` is ``cifar`` (DARTS cells) or ``hierarchical``."""
 
@@ -150,6 +169,7 @@ class SearchConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     arch_optimizer: ArchOptimizerConfig = field(default_factory=ArchOptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
 
     MODEL_TYPES: typing.ClassVar[dict[str, type]] = {"cifar": DartsSearchModelConfig,
                                                       "hierarchical": TrellisModelConfig}
@@ -288,6 +308,7 @@ BOUNDS: dict[type, dict[str, Bounds]] = {
                          "aspp_base_rate": _COUNT, "aspp_channels": _COUNT, **_GUARDS},
     TrainConfig: {"epochs": _COUNT, "warmup_epochs": _NON_NEGATIVE, "max_steps": _COUNT, "seed": _SEED,
                   "log_every": _COUNT, "checkpoint_every_steps": _COUNT},
+    CostConfig: {"target_madds": _POSITIVE, "weight": _POSITIVE, "filter_multiplier": _COUNT, "input_size": _COUNT},
     RetrainModelConfig: {"filter_multiplier": _COUNT, "bn_momentum": Bounds(0, 1, low_open=True),
                          "init_channels": _COUNT, "layers": _COUNT, "auxiliary_weight": _NON_NEGATIVE,
                          "drop_path_prob": _FRACTION},
@@ -374,6 +395,13 @@ def _known_amp(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
     return None
 
 
+def _cost_for_the_trellis(search: SearchConfig, at: str) -> str | None:
+    if search.mode != "hierarchical" and search.cost.target_madds is not None:
+        return (f"{at}cost.target_madds applies to the hierarchical search only (mode: hierarchical), "
+                f"not to mode {search.mode!r}: remove it")
+    return None
+
+
 RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
     DataConfig: (_crop_fits_image, _scale_range_ordered),
     OptimizerConfig: (_lr_min_below_lr,),
@@ -382,6 +410,7 @@ RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
     TrellisModelConfig: (_known_primitives,),
     TrainConfig: (_warmup_below_epochs, _known_device, _known_amp, _known_nan_policy),
     RetrainTrainConfig: (_known_device, _known_amp, _known_nan_policy),
+    SearchConfig: (_cost_for_the_trellis,),
 }
 """The rules that tie a setting to another one or to a list of names, per config section; each
 returns what is wrong (naming the keys under the section's prefix) or None. They run once the

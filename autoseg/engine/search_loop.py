@@ -3,7 +3,9 @@
 Per step: when past the warm-up, one architecture update on a batch of half B (the
 architect), then one weight update (SGD, gradient clipping) on a batch of half A; in an fp16
 run each of the two goes through its own gradient scaler (:mod:`autoseg.precision`). The
-weight learning rate follows a cosine schedule per epoch. Every epoch ends (through
+weight learning rate follows a cosine schedule per epoch. A hierarchical search counts what its
+decoded network costs (:mod:`autoseg.expected_cost`) and, with ``cost.target_madds``, adds the
+cost term to the architecture loss. Every epoch ends (through
 :class:`~autoseg.engine.run.TrainingRun`) with an evaluation, the architecture decoded once,
 TensorBoard scalars and images, the architecture file, the history of every epoch's architecture
 (:mod:`autoseg.search.arch_history`) and an atomic checkpoint; ``max_steps``
@@ -29,6 +31,7 @@ from autoseg.engine.epoch_data import check_segmentation_batch_size
 from autoseg.engine.run import TrainingRun, TrainStep
 from autoseg.engine.task import Task
 from autoseg.errors import UserError
+from autoseg.expected_cost import CostPenalty, build_trellis_cost, decode_with_cost
 from autoseg.files import write_json
 from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
 from autoseg.search.arch_history import (EVOLUTION_FIGURE, evolution_series, history_entry, history_figure, history_file,
@@ -70,11 +73,18 @@ class SearchRun(TrainingRun):
                                             weight_decay=a.weight_decay)
         # fp16: one gradient scaler per optimiser, so an overflow in one step skips only that step
         self.w_scaler, self.a_scaler = grad_scaler(device, cfg.train.amp), grad_scaler(device, cfg.train.amp)
+        self.cost = build_trellis_cost(cfg, task.num_classes)  # None in the cifar mode
+        self.cost_penalty = (None if cfg.cost.target_madds is None
+                             else CostPenalty(self.cost, self.model, cfg.cost))  # off: the papers' search
         self.architect = Architect(self.model, self.criterion, self.a_optimizer, self.w_optimizer,
-                                   unrolled=cfg.train.unrolled, scaler=self.a_scaler)
-        self.arch: Architecture = self.model.decode()
+                                   unrolled=cfg.train.unrolled, scaler=self.a_scaler, regularizer=self.cost_penalty)
+        self.arch: Architecture = self.decode()
         self.arch_history: list[dict[str, Any]] = []  # an entry per finished epoch (arch_history.history_entry)
         self.arch_loss: torch.Tensor | None = None
+
+    def decode(self) -> Architecture:
+        """The supernet's current architecture, with the decoded network's cost (hierarchical mode)."""
+        return decode_with_cost(self.model, self.cost)
 
     def training_state(self) -> dict[str, Any]:
         """Supernet, both optimisers and their gradient scalers, the schedule, the search mode and the
@@ -177,6 +187,9 @@ class SearchRun(TrainingRun):
         figures = {"lr": self.learning_rate(), metric: self.task.metrics(self.tally.metrics_meter())[metric]}
         if self.skipping:
             figures["skipped_arch_batches"] = self.tally.skipped.get("skipped_arch_batches", 0)
+        if self.cost_penalty is not None:
+            with torch.no_grad():
+                figures["expected_madds"] = self.cost.supernet_madds(self.model).item()
         return figures
 
     def end_epoch(self) -> None:
@@ -185,7 +198,7 @@ class SearchRun(TrainingRun):
 
     def after_record(self, record: dict[str, Any]) -> None:
         """Decode the architecture once per evaluation (every epoch) and add it to the history."""
-        self.arch = self.model.decode()
+        self.arch = self.decode()
         self.arch_history.append(history_entry(record["epoch"], self.arch, self.model))
 
     def output_files(self) -> list[str]:
@@ -196,7 +209,7 @@ class SearchRun(TrainingRun):
         """The decoded architecture (``arch.json`` or ``genotype.json``): of the evaluation's
         record, or at a stop the one decoded then (what ``autoseg decode`` of the checkpoint gives);
         the history of the finished epochs' architectures and its figure."""
-        arch = self.arch if self.stop_record is None else self.model.decode()
+        arch = self.arch if self.stop_record is None else self.decode()
         write_json(arch.to_dict(), self.run_dir / arch.FILE_NAME)
         write_history(self.arch_history, self.run_dir, arch.FILE_NAME)
 
@@ -211,6 +224,8 @@ class SearchRun(TrainingRun):
             for op, weight in zip(self.model.primitives, mean[0]):
                 writer.add_scalar(f"op_weights/{name}/{op}", weight, self.global_step)
         writer.add_image("arch/evolution", history_figure(self.arch_history), self.global_step, dataformats="HWC")
-        essentials = {k: v for k, v in arch.to_dict().items() if k in ("normal", "reduce", "path", "cell")}
+        essentials = {k: v for k, v in arch.to_dict().items() if k in ("normal", "reduce", "path", "cell", "cost")}
+        if self.cost is not None:
+            writer.add_scalar("search/decoded_madds", arch.cost["madds"], self.global_step)
         writer.add_text("arch", json.dumps(essentials), self.global_step)
         tqdm.write("architecture: " + json.dumps(essentials))

@@ -27,6 +27,11 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x * mask / keep_prob
 
 
+def edge_stride(state: int, cell_stride: int) -> int:
+    """Stride of an op reading ``state``: the cell's stride for the two cell inputs, 1 for blocks."""
+    return cell_stride if state < 2 else 1
+
+
 class FixedCell(nn.Module):
     """The blocks of ``genotype`` on two preprocessed inputs of ``channels`` channels.
 
@@ -38,7 +43,7 @@ class FixedCell(nn.Module):
         super().__init__()
         self.inputs = tuple(tuple(state for _, state in block) for block in genotype.blocks)
         self.ops = nn.ModuleList(
-            nn.ModuleList(build_op(op, channels, stride if state < 2 else 1, True, family) for op, state in block)
+            nn.ModuleList(build_op(op, channels, edge_stride(state, stride), True, family) for op, state in block)
             for block in genotype.blocks
         )
         self.concat = genotype.concat

@@ -10,6 +10,10 @@ step computes grad_alpha of the validation loss and applies it:
   Hessian-vector product H v = grad^2_{alpha,w} L_train(w, alpha) v is approximated by central
   finite differences with eps = 0.01 / ||v||.
 
+An optional ``regularizer`` (a function of the architecture parameters only, such as the cost
+term of :mod:`autoseg.expected_cost`) is added to the validation loss in both cases; since it
+does not depend on the weights, the second-order update gets its gradient once, exactly.
+
 The unrolled model is evaluated with :func:`torch.func.functional_call` on the same module,
 so no copy of the network is built; batch-norm running statistics are left untouched by the
 virtual forward passes. In a run of several processes every gradient the update is built from
@@ -43,13 +47,14 @@ class Architect:
     ``model`` exposes ``arch_parameters()`` and ``weight_parameters()``; ``criterion`` maps
     (output, target) to a scalar loss; ``w_optimizer`` is the weight optimiser (its momentum
     and weight decay shape the virtual step); ``scaler`` scales the gradients of an fp16 run
-    (default: none).
+    (default: none); ``regularizer()``, when given, is added to the validation loss.
     """
 
     def __init__(self, model: nn.Module, criterion: LossFn, arch_optimizer: torch.optim.Optimizer,
                  w_optimizer: torch.optim.Optimizer, unrolled: bool = False, fd_epsilon: float = 0.01,
-                 scaler: torch.amp.GradScaler | None = None):
+                 scaler: torch.amp.GradScaler | None = None, regularizer: Callable[[], torch.Tensor] | None = None):
         self.model = model
+        self.regularizer = regularizer
         self.scaler = scaler or torch.amp.GradScaler(enabled=False)
         self.criterion = criterion
         self.optimizer = arch_optimizer
@@ -63,7 +68,8 @@ class Architect:
 
     def step(self, train_batch: Batch, valid_batch: Batch, xi: float) -> torch.Tensor:
         """One architecture update on ``valid_batch``; ``train_batch`` and the current weight
-        learning rate ``xi`` are used only by the second-order update. Returns the validation loss."""
+        learning rate ``xi`` are used only by the second-order update. Returns the validation loss
+        (with the regularizer, when there is one)."""
         loss, grads = self.gradient(train_batch, valid_batch, xi)
         self.apply(grads)
         return loss
@@ -98,9 +104,13 @@ class Architect:
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
         return self.criterion(functional_call(self.model, (state, buffers), (inputs,)), target)
 
+    def _validation_loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        loss = self._loss(batch, weights)
+        return loss if self.regularizer is None else loss + self.regularizer()
+
     def first_order_gradient(self, valid_batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """grad_alpha L_val(w, alpha) (times the scaler's factor) and the loss."""
-        loss = self._loss(valid_batch)
+        loss = self._validation_loss(valid_batch)
         return loss, list(torch.autograd.grad(self.scaler.scale(loss), self.arch_params))
 
     def virtual_step(self, train_batch: Batch, xi: float) -> list[torch.Tensor]:
@@ -128,7 +138,7 @@ class Architect:
         """The second-order gradient grad_alpha L_val(w', alpha) - xi * H v (times the scaler's factor)
         and the loss at w'."""
         unrolled = [w.requires_grad_() for w in self.virtual_step(train_batch, xi)]
-        loss = self._loss(valid_batch, unrolled)
+        loss = self._validation_loss(valid_batch, unrolled)
         grads = torch.autograd.grad(self.scaler.scale(loss), self.arch_params + unrolled)
         d_alpha, v = grads[:len(self.arch_params)], grads[len(self.arch_params):]
         average_(v)

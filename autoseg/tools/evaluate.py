@@ -34,6 +34,7 @@ from autoseg.engine.trained import load_trained_model
 from autoseg.errors import UserError
 from autoseg.inference import InferenceProtocol, add_protocol_arguments, protocol_from_args
 from autoseg.precision import check_amp
+from autoseg.profiling import profile_model
 
 DATA_FLAGS = {"data_root": "root", "num_classes": "num_classes", "batch_size": "eval_batch_size"}
 """Command-line flag (argparse dest) -> key of the checkpoint's ``data`` config it overrides."""
@@ -71,7 +72,9 @@ def data_config(config: dict[str, Any], args: argparse.Namespace) -> DataConfig:
 def format_report(result: dict[str, Any]) -> str:
     """The human-readable result: a header, the metrics and (segmentation) the per-class IoU table."""
     header = f"{result['task']} of {result['checkpoint']} on {result['dataset']} {result['split']}"
-    lines = [f"{header} ({result['images']} images)"]
+    lines = [f"{header} ({result['images']} images)",
+             f"{result['params']:,} parameters, {result['madds'] / 1e9:.3f} G Multi-Adds per "
+             f"{'x'.join(str(side) for side in result['madds_input_size'])} image (one view)"]
     if result["task"] == "classification":
         lines.append(f"top-1 accuracy {result['acc']:.2f} %   loss {result['loss']:.4f}")
         return "\n".join(lines)
@@ -90,9 +93,11 @@ def format_report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Evaluate, print the table (or one JSON line); returns the result as JSON-ready data.
 
-    Segmentation results hold ``protocol`` (scales, flip, window and stride of the inference),
-    ``miou``, ``pixel_acc`` (in %), ``loss`` and ``iou`` (class
-    name -> IoU in %, ``None`` for a class absent from both the split and the predictions);
+    Every result holds ``params`` and ``madds`` (Multi-Adds of one inference of one view at
+    ``madds_input_size``, the size of the split's first image). Segmentation results hold
+    ``protocol`` (scales, flip, window and stride of the inference), ``miou``, ``pixel_acc``
+    (in %), ``loss`` and ``iou`` (class name -> IoU in %, ``None`` for a class absent from both
+    the split and the predictions);
     classification results hold ``acc`` (top-1 in %) and ``loss``.
     """
     args = parse_args(argv)
@@ -114,8 +119,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"{dataset.num_classes}: evaluate it on data with the classes it was trained for")
     loader = evaluation_batches(dataset, data.eval_batch_size, args.max_batches, data.num_workers,
                                 pin_memory=device.type == "cuda")
+    size = list(dataset[0][0].shape[-2:])  # Multi-Adds at the size of the split's first image
+    cost = profile_model(model, size)
     result: dict[str, Any] = {"checkpoint": str(args.checkpoint), "task": meta.task, "dataset": data.dataset,
-                              "split": split, "images": len(loader.dataset)}
+                              "split": split, "images": len(loader.dataset), "params": cost.params,
+                              "madds": cost.madds, "madds_input_size": size}
     metrics = task.evaluate(model, loader, device, amp=args.amp, protocol=protocol)
     if task.segmentation:
         result["protocol"] = protocol.to_dict()

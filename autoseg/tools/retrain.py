@@ -44,6 +44,7 @@ from autoseg.errors import UserError
 from autoseg.models import count_parameters
 from autoseg.models.spec import build_model, model_spec
 from autoseg.process import is_main, world_size
+from autoseg.profiling import profile_model
 
 RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
                  "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr", "init_from": "model.init_from"}
@@ -97,16 +98,19 @@ def build(cfg: RetrainConfig, task: Task, resumed: bool = False) -> tuple[nn.Mod
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Retrain (or dry-run); returns the last evaluation record or the dry-run summary."""
+    """Retrain (or dry-run); returns the last evaluation record or the dry-run summary (with
+    ``madds``, the Multi-Adds of one inference at the training crop, ``madds_input_size``)."""
     args = parse_args(argv)
     cfg = resolve_config(args)
     seed_everything(cfg.train.seed)
     task = build_task(cfg.data.dataset, cfg.data.num_classes)
     if args.dry_run:
         model, spec = build(cfg, task)
+        side = cfg.data.crop_size or cfg.data.image_size or 32  # the training crop (CIFAR-10: 32x32)
         summary = {"model": spec["name"], "arch": cfg.model.arch, "init_from": cfg.model.init_from,
                    "params": count_parameters(model, exclude="auxiliary"),
                    "aux_params": count_parameters(model) - count_parameters(model, exclude="auxiliary"),
+                   "madds": profile_model(model, (side, side)).madds, "madds_input_size": [side, side],
                    "num_classes": task.num_classes}
         print(json.dumps(summary))
         return summary

@@ -4,12 +4,15 @@ segmentation data (cityscapes, folder, synthetic).
     autoseg search --dataset synthetic                 # the embedded default
     autoseg search --dataset cifar10 --data-root DIR   # DARTS cell search
     autoseg search --dataset cityscapes --data-root DIR
+    autoseg search --dataset synthetic --target-madds 4e8   # cost-aware: decoded network <= 0.4 G Multi-Adds
     autoseg search --resume runs/search/<run>          # continue a stopped run
 """
 from __future__ import annotations
 
 import argparse
 import json
+
+import torch
 
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
                          default_config, resumed_config, start_run, stopped_message)
@@ -21,11 +24,12 @@ from autoseg.engine.search_loop import SearchRun
 from autoseg.engine.search_setup import build_search_data, build_search_network, check_mode_and_dataset
 from autoseg.engine.task import build_task
 from autoseg.errors import UserError
+from autoseg.expected_cost import build_trellis_cost, decode_with_cost
 from autoseg.process import world_size
 
 SEARCH_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "unrolled": "train.unrolled",
                 "warmup_epochs": "train.warmup_epochs", "filter_multiplier": "model.filter_multiplier",
-                "layers": "model.layers"}
+                "layers": "model.layers", "target_madds": "cost.target_madds"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-epochs", type=int, help="epochs that update the weights only")
     parser.add_argument("--filter-multiplier", type=int, help="F of the trellis (hierarchical mode)")
     parser.add_argument("--layers", type=int, help="number of layers (cells) of the supernet")
+    parser.add_argument("--target-madds", type=float, help="cost-aware search (hierarchical mode): Multi-Adds the "
+                                                           "decoded network should not exceed (cost.target_madds)")
     return parser.parse_args(argv)
 
 
@@ -45,7 +51,7 @@ def resolve_config(args: argparse.Namespace) -> SearchConfig:
     if args.resume is not None:
         return resumed_config(args, SearchConfig, SEARCH_FLAGS)
     cfg = load_config(args.config or default_config("search", args.dataset, "synthetic"), SearchConfig)
-    for dest in ("filter_multiplier",):
+    for dest in ("filter_multiplier", "target_madds"):
         if getattr(args, dest) is not None and cfg.mode != "hierarchical":
             raise UserError(f"--{dest.replace('_', '-')} applies to the hierarchical search only")
     apply_overrides(cfg, args, SEARCH_FLAGS)
@@ -53,14 +59,22 @@ def resolve_config(args: argparse.Namespace) -> SearchConfig:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run (or dry-run) a search; returns the decoded architecture (JSON form) or the dry-run summary."""
+    """Run (or dry-run) a search; returns the decoded architecture (JSON form) or the dry-run summary
+    (for the hierarchical search with ``expected_madds``, the expected Multi-Adds at initialisation,
+    and ``decoded_madds``, those of the network decoded then)."""
     args = parse_args(argv)
     cfg = resolve_config(args)
     check_mode_and_dataset(cfg)
     task = build_task(cfg.data.dataset, cfg.data.num_classes)
     if args.dry_run:
         seed_everything(cfg.train.seed)
-        summary = build_search_network(cfg, task.num_classes).summary()
+        network = build_search_network(cfg, task.num_classes)
+        summary = network.summary()
+        cost = build_trellis_cost(cfg, task.num_classes)
+        if cost is not None:
+            with torch.no_grad():
+                summary["expected_madds"] = round(cost.supernet_madds(network).item())
+            summary["decoded_madds"] = decode_with_cost(network, cost).cost["madds"]
         print(json.dumps(summary))
         return summary
     device = distributed.setup(cfg.train.device)
@@ -74,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"searching ({cfg.mode}) on {cfg.data.dataset} with {run.model.summary()['params']:,} weight parameters, "
         f"device {device} x {world_size()} process(es), run directory {run_dir}")
     run.run()
-    arch = run.arch if run.finished() else run.model.decode()  # a stop writes the architecture of then
+    arch = run.arch if run.finished() else run.decode()  # a stop writes the architecture of then
     say(arch.describe())
     say(f"wrote {run_dir / arch.FILE_NAME}")
     if not run.finished():
