@@ -6,9 +6,13 @@ seconds. The counter knows the matrix ops (convolutions, linear layers, matrix p
 attention) and counts ``2 * MACs`` FLOPs for each; everything else (batch norm, activations,
 pooling, bilinear resizing, additions, concatenation, biases) counts zero. That is the usual
 "Multi-Adds" of the NAS literature; see the README for how it compares to the Auto-DeepLab paper.
+
+:func:`kernel_ops` counts the ATen ops a step dispatches: on a GPU each launches at least one
+kernel, so for small tensors their number, not their size, sets the time of a step.
 """
 from __future__ import annotations
 
+import collections
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 FUNCTIONAL = "(functional ops)"
@@ -42,6 +47,46 @@ def saved_activation_bytes(forward: Callable[[], Any]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         forward()
     return sum(storages.values())
+
+
+NO_KERNEL_OPS = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",
+                           "aten::new_empty_strided", "aten::lift_fresh", "aten::_unsafe_view"})
+"""Ops that only allocate, pass a tensor through or reinterpret its shape (``_unsafe_view``: a view
+whose schema does not say so), launching no kernel: not counted by :func:`kernel_ops`."""
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the kernel-launching ATen ops dispatched while it is active (see :func:`kernel_ops`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        schema = func._schema
+        view = any(ret.alias_info is not None and not ret.alias_info.is_write for ret in schema.returns)
+        if not (view or func.namespace == "profiler" or schema.name in NO_KERNEL_OPS):
+            self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def kernel_ops(run: Callable[[], Any]) -> collections.Counter[str]:
+    """The ATen ops that ``run()`` dispatches, counted by op (``aten.mul``, ...), views excluded.
+
+    Counted with a :class:`~torch.utils._python_dispatch.TorchDispatchMode`: every op that reaches
+    the dispatcher below autograd, in the forward pass, the backward pass (the autograd engine's
+    ops) and an optimiser step, once per call, whatever it does inside (a ``_foreach_*`` op of
+    many tensors is one op; a composite op like ``linear`` is counted as the ops it decomposes
+    into). Not counted, because they launch no kernel: ops whose output is a view of an input
+    (their schema marks a return as a non-writing alias: ``view``, ``expand``, ``transpose``,
+    ``split``, ``detach``, ...), the allocation-only and metadata-only ops of :data:`NO_KERNEL_OPS`
+    and the profiler's markers. In-place and ``out=`` ops (writing aliases) are counted. On a GPU each
+    counted op launches one kernel or more, which for tiny tensors takes longer than the maths.
+    """
+    counter = _OpCounter()
+    with counter:
+        run()
+    return counter.counts
 
 
 def _on_meta(module: nn.Module) -> dict[str, torch.Tensor] | None:

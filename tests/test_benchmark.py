@@ -36,10 +36,19 @@ def test_benchmark_prints_one_json_line_with_the_figures(tool, capsys, args):
     assert len(printed) == 1 and printed[0].startswith("{")
     assert result["weight_step_s"] > 0 and result["arch_step_s"] > 0
     assert result["peak_memory_mb"] > 0 and result["saved_activations_mb"] > 0 and result["params"] > 0
+    assert result["kernel_ops"] > 0 and "kernel_ops_top" not in result
+
+
+def test_benchmark_lists_the_most_frequent_ops(tool):
+    result = tool("benchmark")(["--layers", "2", "--levels", "2", "--blocks", "2", "--filter-multiplier", "2",
+                                "--crop-size", "16", "--num-classes", "3", "--steps", "1", "--warmup", "0",
+                                "--device", "cpu", "--kernel-ops-top", "3"])
+    top = list(result["kernel_ops_top"].values())
+    assert len(top) == 3 and top == sorted(top, reverse=True) and sum(top) <= result["kernel_ops"]
 
 
 def test_benchmark_memory_only(tool):
     result = tool("benchmark")(["--layers", "2", "--levels", "2", "--blocks", "2", "--filter-multiplier", "2",
                                 "--crop-size", "16", "--steps", "0", "--warmup", "0", "--device", "cpu"])
-    assert result["weight_step_s"] is None and result["peak_memory_mb"] is None
+    assert result["weight_step_s"] is None and result["peak_memory_mb"] is None and result["kernel_ops"] is None
     assert result["saved_activations_mb"] > 0

@@ -21,6 +21,7 @@ from autoseg.search.collapse_guards import CollapseGuards, channel_shuffle, edge
 from autoseg.search.darts_network import DartsSearchCell, DartsSearchNetwork
 from autoseg.search.mixed_op import MixedCell, MixedEdges
 from autoseg.search.trellis_network import TrellisSearchNetwork
+from autoseg.search.weighted_sum import weighted_sum
 from autoseg.search.wide_ops import EdgeInput
 
 ALL_ON = {"partial_channels": 2, "edge_normalization": True, "auxiliary_skip": 1.0, "skip_dropout": 0.3,
@@ -31,15 +32,10 @@ SKIP = PRIMITIVES.index("skip_connect")
 # -- guards off: the computation before the guards existed ---------------------------------------
 
 def plain_mixed_edges(self, x, weights, edge_weights=None):
-    """``MixedEdges.forward`` as it was before the collapse guards."""
+    """``MixedEdges.forward`` without the collapse guards."""
     assert edge_weights is None
     inputs = EdgeInput(x)
-    out = None
-    for i, op in zip(self.active, self.ops):
-        y = op(inputs)
-        term = weights[:, i].to(y.dtype).view(1, -1, 1, 1, 1) * y
-        out = term if out is None else out + term
-    return out
+    return weighted_sum(weights[:, self.columns], [op(inputs) for op in self.ops])
 
 
 def plain_mixed_cell(self, s0, s1, weights, edge_weights=None):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from autoseg.genotype import AUTODEEPLAB_CELL
-from autoseg.profiling import count_madds, module_madds, profile_model
+from autoseg.profiling import count_madds, kernel_ops, module_madds, profile_model
 
 
 def _conv_linear(height: int, width: int) -> nn.Module:
@@ -107,3 +107,31 @@ def test_profile_tool_bad_input(tool, args, message):
     from autoseg.errors import UserError
     with pytest.raises(UserError, match=message):
         tool("profile_model")(args)
+
+
+def test_kernel_ops_of_a_linear_training_step_are_the_hand_count():
+    torch.manual_seed(0)
+    layer, x = nn.Linear(3, 2), torch.randn(4, 3)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1, foreach=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        layer(x).sum().backward()
+        optimizer.step()
+
+    counts = kernel_ops(step)
+    # forward: x @ W.t() + b (the transpose is a view), the sum; backward: the seed gradient, W's
+    # gradient (a matmul) and b's (a sum over the batch; the expand of the sum's gradient is a view);
+    # the step: one foreach update of both parameters
+    assert counts == {"aten.addmm": 1, "aten.sum": 2, "aten.ones_like": 1, "aten.mm": 1, "aten._foreach_add_": 1}
+
+
+def test_kernel_ops_leave_out_views_and_allocations_and_count_in_place_ops():
+    x = torch.randn(2, 3)
+
+    def run():
+        y = (x * 2).view(-1).t().expand(2, 6).transpose(0, 1)  # one mul; the rest are views
+        torch.empty(5).add_(1)  # the allocation is free, the in-place add is a kernel
+        y.detach().split(2)
+
+    assert kernel_ops(run) == {"aten.mul": 1, "aten.add_": 1}

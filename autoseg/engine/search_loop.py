@@ -65,8 +65,9 @@ class SearchRun(TrainingRun):
         self.train_model = data_parallel(self.model, device)  # the weight steps' forward (gradients averaged)
         self.criterion = task.criterion()
         o, a = cfg.optimizer, cfg.arch_optimizer
+        # foreach: one update of all weight tensors (torch's default on a GPU only; the same arithmetic)
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=o.lr, momentum=o.momentum,
-                                           weight_decay=o.weight_decay)
+                                           weight_decay=o.weight_decay, foreach=True)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, T_max=cfg.train.epochs,
                                                                     eta_min=o.lr_min)
         self.a_optimizer = torch.optim.Adam(self.model.arch_parameters(), lr=a.lr, betas=tuple(a.betas),

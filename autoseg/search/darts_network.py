@@ -12,7 +12,7 @@ from autoseg.genotype import Genotype, num_edges
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_darts
 from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_weights
-from autoseg.search.grouped_batchnorm import convert_batchnorm
+from autoseg.search.grouped_batchnorm import convert_batchnorm, deferred_running_statistics
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
 from autoseg.visualize import alpha_heatmap, cell_figure
@@ -99,6 +99,7 @@ class DartsSearchNetwork(SearchNetwork):
         """Tell the decaying collapse guards which fraction (0..1) of the search is done."""
         self.guards.set_progress(fraction)
 
+    @deferred_running_statistics()  # the batch norms' running statistics updated in a few calls at the end
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         normal = F.softmax(self.alphas_normal, dim=-1)

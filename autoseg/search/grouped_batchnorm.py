@@ -14,6 +14,13 @@ run through :class:`AffineFreeBatchNorm`, which keeps the normalised output for 
 pass instead of the input: the output is kept anyway by whatever follows (the mixed op's
 weighted sum needs it for the alpha gradient), so this saves one activation per batch norm
 at no cost in exactness.
+
+Inside :func:`deferred_running_statistics` (the search networks' forward passes), the running
+statistics updates are queued and applied when the block ends, a few ``torch._foreach_lerp_``
+calls for every batch norm of the pass instead of two ``lerp_`` per group and norm: round ``r``
+applies the ``r``-th queued update of every norm, so each norm sees the same updates in the
+same order, with the same arithmetic, as when they are applied at once. Nothing in a
+training-mode forward pass reads the running statistics, so the result is the same.
 """
 from __future__ import annotations
 
@@ -29,6 +36,45 @@ _GROUPS: contextvars.ContextVar[int] = contextvars.ContextVar("autoseg_batch_gro
 
 
 _FROZEN: contextvars.ContextVar[bool] = contextvars.ContextVar("autoseg_frozen_statistics", default=False)
+
+
+class _PendingStatistics:
+    """The running-statistics updates queued inside :func:`deferred_running_statistics`, and the
+    zeroed storage their batch statistics are written into (slices of large blocks: one
+    allocation for many batch norms)."""
+
+    BLOCK = 1 << 16
+    """Elements of one block of zeroed storage."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[GroupedBatchNorm2d, torch.Tensor, torch.Tensor]] = []
+        self._block: torch.Tensor | None = None
+        self._used = 0
+
+    def zeros(self, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``size`` zeros: a slice of the current block (a new block when it is full or of another kind)."""
+        block = self._block
+        if block is None or block.dtype != dtype or block.device != device or self._used + size > block.numel():
+            self._block = block = torch.zeros(max(size, self.BLOCK), dtype=dtype, device=device)
+            self._used = 0
+        self._used += size
+        return block[self._used - size:self._used]
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Apply the queued ``(norm, mean, variance)`` updates: round ``r`` is the ``r``-th update of every norm."""
+        queues: dict[int, list[tuple[GroupedBatchNorm2d, torch.Tensor, torch.Tensor]]] = {}
+        for update in self.updates:
+            queues.setdefault(id(update[0]), []).append(update)
+        for r in range(max((len(queue) for queue in queues.values()), default=0)):
+            norms, means, variances = zip(*(queue[r] for queue in queues.values() if len(queue) > r))
+            torch._foreach_add_([norm.num_batches_tracked for norm in norms], 1)
+            torch._foreach_lerp_([norm.running_mean for norm in norms] + [norm.running_var for norm in norms],
+                                 list(means) + list(variances), [norm.momentum for norm in norms] * 2)
+
+
+_PENDING: contextvars.ContextVar[_PendingStatistics | None] = contextvars.ContextVar("autoseg_pending_statistics",
+                                                                                     default=None)
 
 
 @contextlib.contextmanager
@@ -52,6 +98,35 @@ def frozen_running_statistics() -> contextlib.AbstractContextManager:
     return _set(_FROZEN, True)
 
 
+@contextlib.contextmanager
+def deferred_running_statistics() -> Iterator[None]:
+    """Within this block, grouped batch norms queue their running-statistics updates and apply them,
+    in order, when the block ends (see the module docstring); a nested block joins the outer one.
+    Also a decorator."""
+    if _PENDING.get() is not None:
+        yield
+        return
+    pending = _PendingStatistics()
+    token = _PENDING.set(pending)
+    try:
+        yield
+    finally:
+        _PENDING.reset(token)
+        pending.apply()
+
+
+_UNIT_STATISTICS: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+"""Zero means and unit inverse deviations by (channels, dtype, device), read-only, for
+:meth:`AffineFreeBatchNorm.backward`; created once rather than in every backward pass."""
+
+
+def _unit_statistics(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (like.numel(), like.dtype, like.device)
+    if key not in _UNIT_STATISTICS:
+        _UNIT_STATISTICS[key] = (torch.zeros_like(like), torch.ones_like(like))
+    return _UNIT_STATISTICS[key]
+
+
 class AffineFreeBatchNorm(torch.autograd.Function):
     """Training-mode batch norm without affine parameters that saves its output, not its input.
 
@@ -68,6 +143,7 @@ class AffineFreeBatchNorm(torch.autograd.Function):
         y, _, invstd = torch.native_batch_norm(x, None, None, batch_mean, batch_var, True, 1.0, eps)
         ctx.save_for_backward(y, invstd)
         ctx.eps = eps
+        ctx.set_materialize_grads(False)  # an unused invstd gets no gradient, so the fused backward below runs
         return y, invstd
 
     @staticmethod
@@ -78,7 +154,7 @@ class AffineFreeBatchNorm(torch.autograd.Function):
             grad_y = torch.zeros_like(y)
         if not torch.is_grad_enabled() and grad_invstd is None:
             # one fused kernel: batch-norm backward of "input" y with mean 0 and invstd 1, scaled by invstd
-            ones, zeros = torch.ones_like(invstd), torch.zeros_like(invstd)
+            zeros, ones = _unit_statistics(invstd)
             grad_x = torch.ops.aten.native_batch_norm_backward(grad_y, y, invstd, None, None, zeros, ones, True,
                                                                ctx.eps, [True, False, False])[0]
             return grad_x, None, None, None
@@ -108,20 +184,29 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
                                self.bias.repeat(groups) if self.affine else None, False, 0.0, self.eps)
             return out.reshape(n, c, h, w)
         dtype = self.running_mean.dtype if self.track_running_stats else torch.promote_types(x.dtype, torch.float32)
-        batch_mean = torch.zeros(groups * c, device=x.device, dtype=dtype)
-        batch_var = torch.ones(groups * c, device=x.device, dtype=dtype)
+        # overwritten with the batch statistics (momentum 1); zero so that 1 * new + 0 * old is exact
+        pending = _PENDING.get()
+        # queued: the affine-free norms of the search cells (an affine one without groups updates in its kernel)
+        queued = (pending is not None and not self.affine and self.track_running_stats and not frozen
+                  and self.momentum is not None)
+        stats = (pending.zeros(2 * groups * c, dtype, x.device) if queued
+                 else torch.zeros(2 * groups * c, device=x.device, dtype=dtype))
+        batch_mean, batch_var = stats.view(2, groups * c)
         if self.affine:
             out = F.batch_norm(grouped, batch_mean, batch_var, self.weight.repeat(groups), self.bias.repeat(groups),
                                True, 1.0, self.eps)
         else:
             out, _ = AffineFreeBatchNorm.apply(grouped, batch_mean, batch_var, self.eps)
-        if self.track_running_stats and not frozen:
+        if queued:
+            pending.updates.extend(zip([self] * groups, batch_mean.view(groups, c), batch_var.view(groups, c)))
+        elif self.track_running_stats and not frozen:
             self._update_running_stats(batch_mean.view(groups, c), batch_var.view(groups, c))
         return out.reshape(n, c, h, w)
 
     @torch.no_grad()
     def _update_running_stats(self, means: torch.Tensor, variances: torch.Tensor) -> None:
-        """Apply one running-statistics update per group, in group order."""
+        """Apply one running-statistics update per group, in group order (outside
+        :func:`deferred_running_statistics`, and for the cumulative average of momentum None)."""
         for mean, var in zip(means, variances):
             self.num_batches_tracked.add_(1)
             # momentum None is the cumulative average, whose factor needs the count before every update

@@ -17,6 +17,7 @@ from torch import nn
 from autoseg.genotype import num_edges
 from autoseg.ops import check_primitives
 from autoseg.search.collapse_guards import CollapseGuards, channel_shuffle, check_partial_channels
+from autoseg.search.weighted_sum import compact_index, weighted_sum
 from autoseg.search.wide_ops import EdgeInput, build_wide_op
 
 
@@ -25,8 +26,9 @@ class MixedEdges(nn.Module):
 
     ``forward(x, weights)`` takes the state and the ``(num_edges, num_ops)`` softmax(alpha)
     rows of those edges and returns ``(N, num_edges, C, H', W')``: slice ``i`` is
-    ``sum_o weights[i, o] * op_o(x)`` with edge ``i``'s own op weights. The ``none`` op adds
-    exactly zero to the sum and to every gradient, so it is skipped.
+    ``sum_o weights[i, o] * op_o(x)`` with edge ``i``'s own op weights, summed in a few ops
+    (:func:`~autoseg.search.weighted_sum.weighted_sum`). The ``none`` op adds exactly zero to the
+    sum and to every gradient, so it is skipped.
 
     The collapse guards (:mod:`autoseg.search.collapse_guards`), none without ``guards``:
     ``partial_channels`` K runs the ops on the first C/K channels only, concatenates the
@@ -45,6 +47,7 @@ class MixedEdges(nn.Module):
         self.active = [i for i, name in enumerate(primitives) if name != "none"]
         if not self.active:
             raise ValueError("a mixed op needs at least one op other than 'none'")
+        self.columns = compact_index(self.active)  # the weight columns of the active ops
         self.ops = nn.ModuleList(build_wide_op(primitives[i], channels // self.partial_channels, num_edges, stride)
                                  for i in self.active)
         self.guards = guards
@@ -60,13 +63,13 @@ class MixedEdges(nn.Module):
         k = self.partial_channels
         inputs = EdgeInput(x[:, :x.shape[1] // k] if k > 1 else x)
         dropout = self.guards.current_skip_dropout if self.guards is not None and self.training else 0.0
-        out = None
-        for slot, (i, op) in enumerate(zip(self.active, self.ops)):
+        terms = []
+        for slot, op in enumerate(self.ops):
             y = op(inputs)
             if slot == self.dropout_op and dropout > 0:  # an independent mask per edge
                 y = F.dropout(y.expand(-1, weights.shape[0], -1, -1, -1), dropout)
-            term = weights[:, i].to(y.dtype).view(1, -1, 1, 1, 1) * y
-            out = term if out is None else out + term
+            terms.append(y)
+        out = weighted_sum(weights[:, self.columns], terms)
         if k > 1:
             rest = x[:, x.shape[1] // k:]
             if self.bypass_pool is not None:
@@ -124,9 +127,9 @@ class MixedCell(nn.Module):
         fan_out_edges = edge_weights[self.rows].split(sizes) if edge_weights is not None else [None] * len(sizes)
         for state, (fan_out, targets, rows, edges) in enumerate(zip(self.fan_outs, self.targets, fan_out_weights,
                                                                      fan_out_edges)):
-            out = fan_out(states[state], rows, edges)
+            out = fan_out(states[state], rows, edges).unbind(1)  # one view per edge, one gradient op in backward
             for slot, block in enumerate(targets):
-                blocks[block] = out[:, slot] if blocks[block] is None else blocks[block] + out[:, slot]
+                blocks[block] = out[slot] if blocks[block] is None else blocks[block] + out[slot]
             if state >= 1:
                 states.append(blocks[state - 1])
         return torch.cat(states[-self.multiplier:], dim=1)

@@ -43,7 +43,8 @@ from autoseg.aspp import ASPP
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_hierarchical
 from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_weights
-from autoseg.search.grouped_batchnorm import batch_groups, convert_batchnorm, frozen_running_statistics
+from autoseg.search.grouped_batchnorm import (batch_groups, convert_batchnorm, deferred_running_statistics,
+                                              frozen_running_statistics)
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
 from autoseg.trellis import predecessors, transition_probabilities, trellis_nodes
@@ -202,6 +203,7 @@ class TrellisSearchNetwork(SearchNetwork):
         """The (L, S, S) transition probabilities derived from beta."""
         return transition_probabilities(self.betas, self.free_first_step)
 
+    @deferred_running_statistics()  # the batch norms' running statistics updated in a few calls at the end
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cell_weights = F.softmax(self.alphas, dim=-1)
         edge_weights = (edge_normalization_weights(self.edge_betas, self.num_blocks)

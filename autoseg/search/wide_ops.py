@@ -6,8 +6,8 @@ an op one by one launches ``k`` times as many small kernels as needed. The *wide
 the weights of all ``k`` edges and compute all of them in one go:
 
 - a depthwise conv of all edges is one grouped conv (channel multiplier ``k`` on a shared
-  input, or ``groups = k * C`` on per-edge inputs), a pointwise conv of all edges one batched
-  matmul, a batch norm of all edges one batch norm over ``k * C`` channels;
+  input, or ``groups = k * C`` on per-edge inputs), a pointwise conv of all edges one grouped
+  1x1 conv (``groups = k``), a batch norm of all edges one batch norm over ``k * C`` channels;
 - parameter-free ops give the same output on every edge, so they run once: the pools (with
   their affine-free batch norm, whose statistics are then the same on every edge too) and
   the identity;
@@ -71,9 +71,10 @@ def _conv_init_(weight: torch.Tensor, fan_in: int) -> None:
 
 
 def _pointwise(y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-edge 1x1 convs as one batched matmul: ``y`` (N, k, C_in, H, W), ``weight`` (k, C_out, C_in)."""
+    """Per-edge 1x1 convs as one grouped conv: ``y`` (N, k, C_in, H, W), ``weight`` (k, C_out, C_in)."""
     n, k, _, h, w = y.shape
-    return torch.matmul(weight, y.reshape(n, k, -1, h * w)).view(n, k, -1, h, w)
+    out = F.conv2d(y.reshape(n, -1, h, w), weight.reshape(-1, weight.shape[2], 1, 1), groups=k)
+    return out.view(n, k, -1, h, w)
 
 
 class WideBatchNorm(GroupedBatchNorm2d):

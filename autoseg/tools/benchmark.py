@@ -10,7 +10,10 @@ JSON line: the setting, the weight parameter count, the median seconds of a weig
 (forward, backward, SGD) and of an architecture step (first order, or second order with
 --unrolled), the peak memory (CUDA max allocated, or the process's peak RSS on CPU), and the
 activations one forward pass saves for backward (``saved_activations_mb``: device-independent,
-so a CPU run tells how much GPU memory the activations of a setting take).
+so a CPU run tells how much GPU memory the activations of a setting take), and the ATen ops one
+weight step dispatches, views excluded (``kernel_ops``, :func:`autoseg.profiling.kernel_ops`;
+``--kernel-ops-top N`` adds the N most frequent ops), which bounds a GPU step when the tensors
+are small.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from autoseg.config import DartsSearchModelConfig, SearchConfig, TrellisModelCon
 from autoseg.engine.checkpoint import resolve_device
 from autoseg.engine.search_setup import build_search_network
 from autoseg.precision import autocast, check_amp, grad_scaler, scaled_step
-from autoseg.profiling import saved_activation_bytes
+from autoseg.profiling import kernel_ops, saved_activation_bytes
 from autoseg.search.architect import Architect
 
 
@@ -53,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind (0: memory figures only)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--kernel-ops-top", type=int, default=0, metavar="N",
+                   help="also report the N ops a weight step dispatches most often (kernel_ops_top)")
     return p.parse_args(argv)
 
 
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     model = build_search_network(cfg, classes).to(device)
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255) if hierarchical else torch.nn.CrossEntropyLoss()
-    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4, foreach=True)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-3, weight_decay=1e-3)
     w_scaler = grad_scaler(device, args.amp)
     architect = Architect(model, criterion, a_opt, w_opt, unrolled=args.unrolled,
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if not args.steps + args.warmup:  # no step ran: there is no step's peak to report
         peak["peak_memory_mb"] = None
+    ops = kernel_ops(weight_step) if args.steps else None  # one more weight step, after the timed ones
     with autocast(device, args.amp):
         saved = saved_activation_bytes(lambda: criterion(model(inputs).float(), target))
     result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp,
@@ -136,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
               "layers": model_cfg.layers, "blocks": model_cfg.blocks,
               "params": sum(p.numel() for p in model.weight_parameters()), **timings, **peak,
               "saved_activations_mb": round(saved / 2**20, 1),
+              "kernel_ops": sum(ops.values()) if ops is not None else None,
+              **({"kernel_ops_top": dict(ops.most_common(args.kernel_ops_top))}
+                 if ops is not None and args.kernel_ops_top else {}),
               "torch": torch.__version__}
     print(json.dumps(result))
     return result
