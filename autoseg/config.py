@@ -115,6 +115,7 @@ class TrellisModelConfig(CollapseGuardsConfig):
     aspp_base_rate: int = 96
     aspp_channels: int | None = None
     checkpoint_cells: bool = False
+    selective_checkpoint: bool = False
 
 
 @dataclass
@@ -370,6 +371,13 @@ def _multiplier_within_blocks(model: DartsSearchModelConfig, at: str) -> str | N
     return None
 
 
+def _one_recomputation(model: TrellisModelConfig, at: str) -> str | None:
+    if model.checkpoint_cells and model.selective_checkpoint:
+        return (f"{at}checkpoint_cells and {at}selective_checkpoint are both on: they are two ways of recomputing "
+                "the nodes in backward, turn off one of them")
+    return None
+
+
 def _warmup_below_epochs(train: TrainConfig, at: str) -> str | None:
     if train.warmup_epochs >= train.epochs:
         return (f"{at}warmup_epochs ({train.warmup_epochs}) must be below {at}epochs ({train.epochs}): the search "
@@ -407,7 +415,7 @@ RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
     OptimizerConfig: (_lr_min_below_lr,),
     RetrainOptimizerConfig: (_lr_min_below_lr, _known_schedule),
     DartsSearchModelConfig: (_known_primitives, _multiplier_within_blocks),
-    TrellisModelConfig: (_known_primitives,),
+    TrellisModelConfig: (_known_primitives, _one_recomputation),
     TrainConfig: (_warmup_below_epochs, _known_device, _known_amp, _known_nan_policy),
     RetrainTrainConfig: (_known_device, _known_amp, _known_nan_policy),
     SearchConfig: (_cost_for_the_trellis,),

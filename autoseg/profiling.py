@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,20 +23,49 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 FUNCTIONAL = "(functional ops)"
 """Name under which Multi-Adds of ops called outside any submodule are reported."""
 
 
-def saved_activation_bytes(forward: Callable[[], Any]) -> int:
-    """Bytes of the distinct tensor storages that autograd saves for backward while ``forward()`` runs.
+class _AllocatedStorages(TorchDispatchMode):
+    """Weak references to the storages that ops allocate (not the ones they write into or view)
+    while this mode is on."""
 
-    This is the activation memory a training step holds at its peak, whatever the device: on a
-    GPU the peak allocation is this plus the weights, their gradients, the optimiser state and
-    short-lived temporaries. Storages shared by several saved tensors (views, or one output kept
-    by two ops) count once.
+    def __init__(self) -> None:
+        super().__init__()
+        self.allocated: list[tuple[StorageWeakRef, int, int]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        read = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in read:
+                storage = tensor.untyped_storage()
+                self.allocated.append((StorageWeakRef(storage), storage.data_ptr(), storage.nbytes()))
+        return out
+
+    def alive(self) -> dict[int, int]:
+        """``{data pointer: bytes}`` of the allocated storages that still exist."""
+        return {pointer: nbytes for ref, pointer, nbytes in self.allocated if not ref.expired()}
+
+
+def saved_activation_bytes(forward: Callable[[], Any]) -> int:
+    """Bytes of the distinct tensor storages that ``forward()`` leaves for the backward pass.
+
+    These are the tensors autograd saves and what activation checkpointing keeps in their place
+    (the inputs of a recomputed region, the outputs that selective checkpointing keeps): every
+    storage that autograd saves, and every storage that ``forward()`` allocates and that is
+    still held, by anything but its return value, when it returns. This is the activation memory
+    a training step holds at its peak, whatever the device: on a GPU the peak allocation is this
+    plus the weights, their gradients, the optimiser state and short-lived temporaries (and,
+    with checkpointing, one region's recomputed activations). Storages shared by several
+    tensors (views, or one output kept by two ops) count once.
     """
     storages: dict[int, int] = {}
 
@@ -44,9 +74,18 @@ def saved_activation_bytes(forward: Callable[[], Any]) -> int:
         storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        forward()
-    return sum(storages.values())
+    allocations = _AllocatedStorages()
+    with warnings.catch_warnings():
+        # torch 2.14 warns that selective checkpointing will route its kept outputs through these hooks
+        # one day; they are counted either way
+        warnings.filterwarnings("ignore", "A saved_tensors_hooks context", FutureWarning)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), allocations:
+            result = forward()
+    held = allocations.alive()
+    for tensor in tree_leaves(result):
+        if isinstance(tensor, torch.Tensor):
+            held.pop(tensor.untyped_storage().data_ptr(), None)
+    return sum({**storages, **held}.values())
 
 
 NO_KERNEL_OPS = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",

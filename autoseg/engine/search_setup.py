@@ -32,7 +32,7 @@ def build_search_network(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
                                       m.stem_multiplier, m.primitives, **m.collapse_guards())
         return TrellisSearchNetwork(num_classes, m.layers, m.levels, m.blocks, m.filter_multiplier, m.primitives,
                                     m.free_first_step, m.aspp_base_rate, m.aspp_channels, m.checkpoint_cells,
-                                    **m.collapse_guards())
+                                    **m.collapse_guards(), selective_checkpoint=m.selective_checkpoint)
     except ValueError as exc:
         raise UserError(f"bad model settings in the config: {exc}") from exc
 

@@ -25,10 +25,13 @@ depends on there being 12 layers or 4 levels.
   adds PC-DARTS's per-edge logits ``edge_betas`` (shared by every cell, like alpha) to the
   architecture parameters; ``max_skip_connect`` caps the ``skip_connect`` edges of the decoded
   cell (P-DARTS).
+- Memory options, off by default and exact (:mod:`autoseg.search.node_recomputation`):
+  ``checkpoint_cells`` recomputes every node in backward, ``selective_checkpoint`` only its
+  cheap ops (batch norm, ReLU, pooling, the weighted sums).
 """
 from __future__ import annotations
 
-import contextlib
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,20 +46,14 @@ from autoseg.aspp import ASPP
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_hierarchical
 from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_weights
-from autoseg.search.grouped_batchnorm import (batch_groups, convert_batchnorm, deferred_running_statistics,
-                                              frozen_running_statistics)
+from autoseg.search.grouped_batchnorm import batch_groups, convert_batchnorm, deferred_running_statistics
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
+from autoseg.search.node_recomputation import recompute_contexts
 from autoseg.trellis import predecessors, transition_probabilities, trellis_nodes
 from autoseg.visualize import alpha_heatmap, cell_figure, trellis_figure
 
 STEM_CHANNELS = (64, 64, 128)
-
-
-def _recompute_without_statistics() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-    """Contexts of a checkpointed node's forward pass and of its recomputation in backward: the
-    recomputation must not update the batch-norm running statistics a second time."""
-    return contextlib.nullcontext(), frozen_running_statistics()
 
 
 class Upsample(nn.Module):
@@ -147,17 +144,22 @@ class TrellisSearchNetwork(SearchNetwork):
                  filter_multiplier: int = 8, primitives: Sequence[str] = PRIMITIVES,
                  free_first_step: bool = True, aspp_base_rate: int = 96, aspp_channels: int | None = None,
                  checkpoint_cells: bool = False, partial_channels: int = 1, edge_normalization: bool = False,
-                 auxiliary_skip: float = 0.0, skip_dropout: float = 0.0, max_skip_connect: int | None = None):
+                 auxiliary_skip: float = 0.0, skip_dropout: float = 0.0, max_skip_connect: int | None = None,
+                 selective_checkpoint: bool = False):
         super().__init__()
         self.guards = CollapseGuards(partial_channels, edge_normalization, auxiliary_skip, skip_dropout,
                                      max_skip_connect)
         if layers < 1 or levels < 1 or blocks < 1 or filter_multiplier < 1:
             raise ValueError("layers, levels, blocks and filter_multiplier must all be positive")
+        if checkpoint_cells and selective_checkpoint:
+            raise ValueError("checkpoint_cells and selective_checkpoint both recompute the nodes in backward: turn on "
+                             "one of them")
         self.num_layers, self.num_levels, self.num_blocks = layers, levels, blocks
         self.filter_multiplier = filter_multiplier
         self.primitives = tuple(primitives)
         self.free_first_step = free_first_step
         self.checkpoint_cells = checkpoint_cells
+        self.selective_checkpoint = selective_checkpoint
         c1, c2, c3 = STEM_CHANNELS
         self.stem = nn.Sequential(
             nn.Conv2d(3, c1, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
@@ -223,9 +225,10 @@ class TrellisSearchNetwork(SearchNetwork):
                 args = (prev, states.get((layer - 2, level)), probs[layer, :, level], cell_weights, sizes[level],
                         edge_weights)
                 node = self.nodes[key]
-                if self.checkpoint_cells and torch.is_grad_enabled():
+                if (self.checkpoint_cells or self.selective_checkpoint) and torch.is_grad_enabled():
                     states[(layer, level)] = checkpoint(node, *args, use_reentrant=False,
-                                                        context_fn=_recompute_without_statistics)
+                                                        context_fn=partial(recompute_contexts,
+                                                                           self.selective_checkpoint))
                 else:
                     states[(layer, level)] = node(*args)
             for stale in [k for k in states if k[0] == layer - 2]:

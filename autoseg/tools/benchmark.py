@@ -10,10 +10,10 @@ JSON line: the setting, the weight parameter count, the median seconds of a weig
 (forward, backward, SGD) and of an architecture step (first order, or second order with
 --unrolled), the peak memory (CUDA max allocated, or the process's peak RSS on CPU), and the
 activations one forward pass saves for backward (``saved_activations_mb``: device-independent,
-so a CPU run tells how much GPU memory the activations of a setting take), and the ATen ops one
-weight step dispatches, views excluded (``kernel_ops``, :func:`autoseg.profiling.kernel_ops`;
-``--kernel-ops-top N`` adds the N most frequent ops), which bounds a GPU step when the tensors
-are small.
+so a CPU run tells how much GPU memory the activations of a setting take; with checkpointing,
+what the checkpoints keep), and the ATen ops one weight step dispatches, views excluded
+(``kernel_ops``, :func:`autoseg.profiling.kernel_ops`; ``--kernel-ops-top N`` adds the N most
+frequent ops), which bounds a GPU step when the tensors are small.
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_amp_argument(p)
     p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cells in backward (hierarchical)")
+    p.add_argument("--selective-checkpoint", action="store_true",
+                   help="recompute only the cheap ops of the cells in backward (hierarchical)")
     p.add_argument("--partial-channels", type=int, default=1, metavar="K",
                    help="PC-DARTS partial channel connections: 1/K of the channels through the mixed ops (1: off)")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind (0: memory figures only)")
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     if hierarchical:
         model_cfg = TrellisModelConfig(layers=args.layers or 12, levels=args.levels, blocks=args.blocks or 5,
                                        filter_multiplier=args.filter_multiplier,
-                                       checkpoint_cells=args.checkpoint_cells, partial_channels=args.partial_channels)
+                                       checkpoint_cells=args.checkpoint_cells, partial_channels=args.partial_channels,
+                                       selective_checkpoint=args.selective_checkpoint)
     else:
         blocks = args.blocks or 4
         model_cfg = DartsSearchModelConfig(init_channels=args.init_channels, layers=args.layers or 8,
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         saved = saved_activation_bytes(lambda: criterion(model(inputs).float(), target))
     result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp,
               "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells,
+              "selective_checkpoint": args.selective_checkpoint,
               "partial_channels": args.partial_channels, "batch_size": batch,
               "crop_size": size, **({"filter_multiplier": args.filter_multiplier, "levels": args.levels}
                                     if hierarchical else {"init_channels": args.init_channels}),
