@@ -18,38 +18,43 @@ at no cost in exactness.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_GROUPS: contextvars.ContextVar[int] = contextvars.ContextVar("autoseg_batch_groups", default=1)
+class _Setting:
+    """What the grouped batch norms are told by the context managers below."""
+
+    def __init__(self) -> None:
+        self.groups = 1
+        self.frozen = False
 
 
-_FROZEN: contextvars.ContextVar[bool] = contextvars.ContextVar("autoseg_frozen_statistics", default=False)
+_SETTING = _Setting()
 
 
 @contextlib.contextmanager
-def _set(variable: contextvars.ContextVar, value: Any) -> Iterator[None]:
-    token = variable.set(value)
+def _set(name: str, value: Any) -> Iterator[None]:
+    previous = getattr(_SETTING, name)
+    setattr(_SETTING, name, value)
     try:
         yield
     finally:
-        variable.reset(token)
+        setattr(_SETTING, name, previous)
 
 
 def batch_groups(groups: int) -> contextlib.AbstractContextManager:
     """Within this block, grouped batch norms treat their batch as ``groups`` stacked groups."""
-    return _set(_GROUPS, groups)
+    return _set("groups", groups)
 
 
 def frozen_running_statistics() -> contextlib.AbstractContextManager:
     """Within this block, grouped batch norms in training mode normalise with batch statistics
     but leave their running statistics alone (for the recomputed forward pass of activation
     checkpointing, which would otherwise count every batch twice)."""
-    return _set(_FROZEN, True)
+    return _set("frozen", True)
 
 
 class AffineFreeBatchNorm(torch.autograd.Function):
@@ -96,7 +101,7 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
     and, when affine-free, saves its output for backward (:class:`AffineFreeBatchNorm`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        groups, frozen = _GROUPS.get(), _FROZEN.get()
+        groups, frozen = _SETTING.groups, _SETTING.frozen
         batch_statistics = self.training or not self.track_running_stats
         if groups == 1 and (not batch_statistics or (self.affine and not frozen)):
             return super().forward(x)
