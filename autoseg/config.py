@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
+from autoseg.compilation import compile_mode
 from autoseg.errors import UserError
 from autoseg.ops import PRIMITIVES, check_primitives
 from autoseg.precision import AUTOCAST_DTYPES
@@ -125,7 +126,9 @@ class TrainConfig:
     scaling; see :mod:`autoseg.precision`). ``nan_policy``: what a step whose loss or gradient is
     not finite does, ``stop`` the run or ``skip`` the batch's update (see
     :mod:`autoseg.engine.step_guard`). ``checkpoint_every_steps``: also write the checkpoint every
-    that many optimiser steps within an epoch (null: only at the end of an epoch).
+    that many optimiser steps within an epoch (null: only at the end of an epoch). ``compile``:
+    ``torch.compile`` the training forward and backward passes: false (eager), true or a mode of
+    :data:`autoseg.compilation.COMPILE_MODES` (see :mod:`autoseg.compilation`).
     """
 
     epochs: int = 50
@@ -138,6 +141,7 @@ class TrainConfig:
     log_every: int = 50
     nan_policy: str = "stop"
     checkpoint_every_steps: int | None = None
+    compile: bool | str = False
 
 
 @dataclass
@@ -194,7 +198,7 @@ class RetrainTrainConfig:
 
     ``sync_batchnorm``: on several GPUs (torchrun), batch norms use the statistics of the whole
     batch (``torch.nn.SyncBatchNorm``) instead of each GPU's share, as DeepLab trains.
-    ``amp``, ``nan_policy`` and ``checkpoint_every_steps`` as in :class:`TrainConfig`.
+    ``amp``, ``nan_policy``, ``checkpoint_every_steps`` and ``compile`` as in :class:`TrainConfig`.
     """
 
     epochs: int = 100
@@ -208,6 +212,7 @@ class RetrainTrainConfig:
     sync_batchnorm: bool = True
     nan_policy: str = "stop"
     checkpoint_every_steps: int | None = None
+    compile: bool | str = False
 
 
 @dataclass
@@ -374,14 +379,30 @@ def _known_amp(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
     return None
 
 
+def _known_compile_mode(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    try:
+        compile_mode(train.compile)
+    except UserError as exc:
+        return f"{at}{exc}"
+    return None
+
+
+def _compile_without_cell_checkpointing(config: SearchConfig, at: str) -> str | None:
+    if config.train.compile is not False and getattr(config.model, "checkpoint_cells", False):
+        return (f"{at}train.compile and {at}model.checkpoint_cells cannot be combined: torch.compile cannot trace "
+                "the cells' recomputation, which must leave the batch-norm statistics alone; drop one of them")
+    return None
+
+
 RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
+    SearchConfig: (_compile_without_cell_checkpointing,),
     DataConfig: (_crop_fits_image, _scale_range_ordered),
     OptimizerConfig: (_lr_min_below_lr,),
     RetrainOptimizerConfig: (_lr_min_below_lr, _known_schedule),
     DartsSearchModelConfig: (_known_primitives, _multiplier_within_blocks),
     TrellisModelConfig: (_known_primitives,),
-    TrainConfig: (_warmup_below_epochs, _known_device, _known_amp, _known_nan_policy),
-    RetrainTrainConfig: (_known_device, _known_amp, _known_nan_policy),
+    TrainConfig: (_warmup_below_epochs, _known_device, _known_amp, _known_nan_policy, _known_compile_mode),
+    RetrainTrainConfig: (_known_device, _known_amp, _known_nan_policy, _known_compile_mode),
 }
 """The rules that tie a setting to another one or to a list of names, per config section; each
 returns what is wrong (naming the keys under the section's prefix) or None. They run once the

@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from autoseg.architecture import Architecture, architecture_from_dict
+from autoseg.compilation import compiled
 from autoseg.config import SearchConfig
 from autoseg.engine.distributed import data_parallel
 from autoseg.engine.epoch_data import check_segmentation_batch_size
@@ -56,7 +57,8 @@ class SearchRun(TrainingRun):
         self.epochs = cfg.train.epochs
         self.eval_input_scale = cfg.data.scale or 1.0  # the supernet sees images at the search scale
         self.model: SearchNetwork = network.to(device)
-        self.train_model = data_parallel(self.model, device)  # the weight steps' forward (gradients averaged)
+        forward = compiled(self.model, cfg.train.compile)  # the training forward passes (--compile)
+        self.train_model = data_parallel(forward, device)  # the weight steps' forward (gradients averaged)
         self.criterion = task.criterion()
         o, a = cfg.optimizer, cfg.arch_optimizer
         self.w_optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=o.lr, momentum=o.momentum,
@@ -68,7 +70,7 @@ class SearchRun(TrainingRun):
         # fp16: one gradient scaler per optimiser, so an overflow in one step skips only that step
         self.w_scaler, self.a_scaler = grad_scaler(device, cfg.train.amp), grad_scaler(device, cfg.train.amp)
         self.architect = Architect(self.model, self.criterion, self.a_optimizer, self.w_optimizer,
-                                   unrolled=cfg.train.unrolled, scaler=self.a_scaler)
+                                   unrolled=cfg.train.unrolled, scaler=self.a_scaler, forward=forward)
         self.arch: Architecture = self.model.decode()
         self.arch_loss: torch.Tensor | None = None
 

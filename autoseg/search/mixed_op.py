@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoseg.compilation import varying_dropout
 from autoseg.genotype import num_edges
 from autoseg.ops import check_primitives
 from autoseg.search.collapse_guards import CollapseGuards, channel_shuffle, check_partial_channels
@@ -64,7 +65,7 @@ class MixedEdges(nn.Module):
         for slot, (i, op) in enumerate(zip(self.active, self.ops)):
             y = op(inputs)
             if slot == self.dropout_op and dropout > 0:  # an independent mask per edge
-                y = F.dropout(y.expand(-1, weights.shape[0], -1, -1, -1), dropout)
+                y = varying_dropout(y.expand(-1, weights.shape[0], -1, -1, -1), dropout)
             term = weights[:, i].to(y.dtype).view(1, -1, 1, 1, 1) * y
             out = term if out is None else out + term
         if k > 1:
