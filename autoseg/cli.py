@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from autoseg.compilation import COMPILE_MODES
 from autoseg.config import load_config, override, save_config, validate_config
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
@@ -37,6 +38,7 @@ COMMON_FLAGS: dict[str, str] = {
     "max_steps": "train.max_steps",
     "seed": "train.seed",
     "device": "train.device",
+    "compile": "train.compile",
 }
 """Command-line flag (argparse dest) -> dotted config key."""
 
@@ -46,6 +48,17 @@ def add_amp_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", nargs="?", const="bf16", choices=tuple(AUTOCAST_DTYPES), default=None,
                         help="mixed precision: autocast in bfloat16 (--amp, --amp bf16) or float16 with gradient "
                              "scaling (--amp fp16, for GPUs without bfloat16: V100, T4, RTX 20xx)")
+
+
+def add_compile_argument(parser: argparse.ArgumentParser, off_switch: bool = True) -> None:
+    """``--compile [MODE]``: torch.compile the training steps (``--compile`` alone: the default mode),
+    and with ``off_switch`` ``--no-compile`` (for a resumed run that was compiled)."""
+    parser.add_argument("--compile", nargs="?", const=True, choices=COMPILE_MODES, default=None, metavar="MODE",
+                        help="torch.compile the training forward and backward passes (--compile: the default "
+                             f"mode; MODE: one of {', '.join(COMPILE_MODES)}; reduce-overhead uses CUDA graphs)")
+    if off_switch:
+        parser.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+                            help="run eagerly (the default; for a resumed run that was compiled)")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +76,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--workers", type=int, help="data loader worker processes")
     add_amp_argument(parser)
+    add_compile_argument(parser)
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run in RUN_DIR")
     parser.add_argument("--dry-run", action="store_true",
                         help="build everything that needs no data, print a JSON summary line and exit")
@@ -81,7 +95,7 @@ def apply_overrides(config: Any, args: argparse.Namespace, flags: dict[str, str]
     return changed
 
 
-RESUME_FLAGS: tuple[str, ...] = ("max_steps", "device", "workers")
+RESUME_FLAGS: tuple[str, ...] = ("max_steps", "device", "workers", "compile")
 """The flags a resumed run may change; the rest of its config is the saved one."""
 
 
@@ -95,7 +109,7 @@ def resumed_config(args: argparse.Namespace, config_class: type[T], flags: dict[
     fixed += [f"--{name}" for name in ("config", "out") if getattr(args, name, None) is not None]
     if fixed:
         raise UserError(f"a resumed run keeps its saved config.yaml and writes into RUN_DIR; only --max-steps, "
-                        f"--device and --workers may change (got {' '.join(fixed)})")
+                        f"--device, --workers and --compile / --no-compile may change (got {' '.join(fixed)})")
     config.train.max_steps = None  # the stop of the interrupted run; a new one may be given
     apply_overrides(config, args, {dest: flags[dest] for dest in RESUME_FLAGS})
     return config

@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
+from autoseg.compilation import compile_mode
 from autoseg.errors import UserError
 from autoseg.ops import PRIMITIVES, check_primitives
 from autoseg.precision import AUTOCAST_DTYPES
@@ -126,7 +127,9 @@ class TrainConfig:
     scaling; see :mod:`autoseg.precision`). ``nan_policy``: what a step whose loss or gradient is
     not finite does, ``stop`` the run or ``skip`` the batch's update (see
     :mod:`autoseg.engine.step_guard`). ``checkpoint_every_steps``: also write the checkpoint every
-    that many optimiser steps within an epoch (null: only at the end of an epoch).
+    that many optimiser steps within an epoch (null: only at the end of an epoch). ``compile``:
+    ``torch.compile`` the training forward and backward passes: false (eager), true or a mode of
+    :data:`autoseg.compilation.COMPILE_MODES` (see :mod:`autoseg.compilation`).
     """
 
     epochs: int = 50
@@ -139,6 +142,7 @@ class TrainConfig:
     log_every: int = 50
     nan_policy: str = "stop"
     checkpoint_every_steps: int | None = None
+    compile: bool | str = False
 
 
 @dataclass
@@ -215,7 +219,7 @@ class RetrainTrainConfig:
 
     ``sync_batchnorm``: on several GPUs (torchrun), batch norms use the statistics of the whole
     batch (``torch.nn.SyncBatchNorm``) instead of each GPU's share, as DeepLab trains.
-    ``amp``, ``nan_policy`` and ``checkpoint_every_steps`` as in :class:`TrainConfig`.
+    ``amp``, ``nan_policy``, ``checkpoint_every_steps`` and ``compile`` as in :class:`TrainConfig`.
     """
 
     epochs: int = 100
@@ -229,6 +233,7 @@ class RetrainTrainConfig:
     sync_batchnorm: bool = True
     nan_policy: str = "stop"
     checkpoint_every_steps: int | None = None
+    compile: bool | str = False
 
 
 @dataclass
@@ -407,18 +412,36 @@ def _cost_for_the_trellis(search: SearchConfig, at: str) -> str | None:
     if search.mode != "hierarchical" and search.cost.target_madds is not None:
         return (f"{at}cost.target_madds applies to the hierarchical search only (mode: hierarchical), "
                 f"not to mode {search.mode!r}: remove it")
+
+
+def _known_compile_mode(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    try:
+        compile_mode(train.compile)
+    except UserError as exc:
+        return f"{at}{exc}"
+    return None
+
+
+def _compile_without_cell_checkpointing(config: SearchConfig, at: str) -> str | None:
+    model = config.model
+    for key in ("checkpoint_cells", "selective_checkpoint"):
+        if config.train.compile is not False and getattr(model, key, False):
+            return (f"{at}train.compile and model.{key} cannot be combined: torch.compile cannot trace "
+                    "the cells' recomputation, which must leave the batch-norm statistics alone; drop one of them")
+    return None
     return None
 
 
 RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
+    SearchConfig: (_compile_without_cell_checkpointing,),
     DataConfig: (_crop_fits_image, _scale_range_ordered),
     OptimizerConfig: (_lr_min_below_lr,),
     RetrainOptimizerConfig: (_lr_min_below_lr, _known_schedule),
     DartsSearchModelConfig: (_known_primitives, _multiplier_within_blocks),
     TrellisModelConfig: (_known_primitives, _one_recomputation),
-    TrainConfig: (_warmup_below_epochs, _known_device, _known_amp, _known_nan_policy),
-    RetrainTrainConfig: (_known_device, _known_amp, _known_nan_policy),
-    SearchConfig: (_cost_for_the_trellis,),
+    TrainConfig: (_warmup_below_epochs, _known_device, _known_amp, _known_nan_policy, _known_compile_mode),
+    RetrainTrainConfig: (_known_device, _known_amp, _known_nan_policy, _known_compile_mode),
+    SearchConfig: (_cost_for_the_trellis, _compile_without_cell_checkpointing),
 }
 """The rules that tie a setting to another one or to a list of names, per config section; each
 returns what is wrong (naming the keys under the section's prefix) or None. They run once the

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 
+from autoseg.compilation import compiled
 from autoseg.config import RetrainConfig
 from autoseg.engine.distributed import data_parallel
 from autoseg.engine.epoch_data import check_segmentation_batch_size
@@ -43,7 +44,8 @@ class RetrainRun(TrainingRun):
         if cfg.train.sync_batchnorm and is_distributed() and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the whole batch
         self.model = model.to(device)
-        self.train_model = data_parallel(self.model, device)  # the training forward (gradients averaged)
+        # the training forward (--compile: compiled; gradients averaged over the processes)
+        self.train_model = data_parallel(compiled(self.model, cfg.train.compile), device)
         if task.segmentation:
             check_segmentation_batch_size(cfg.data.batch_size)
         o, t = cfg.optimizer, cfg.train

@@ -31,6 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from autoseg.config import to_dict
+from autoseg.compilation import check_compile
 from autoseg.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from autoseg.engine.distributed import broadcast_buffers, on_main, process_rng_states, restore_process_rng_state
 from autoseg.engine.epoch_data import epoch_batches, evaluation_batches, set_epoch
@@ -81,6 +82,7 @@ class TrainingRun(abc.ABC):
 
     def __init__(self, cfg: Any, task: Task, eval_set: Dataset, run_dir: Path, device: torch.device):
         check_amp(cfg.train.amp, device)
+        check_compile(cfg.train.compile, device)
         self.cfg, self.task, self.run_dir, self.device = cfg, task, run_dir, device
         self.eval_set = eval_set
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0

@@ -25,6 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from autoseg.architecture import Architecture, architecture_from_dict
+from autoseg.compilation import compiled
 from autoseg.config import SearchConfig
 from autoseg.engine.distributed import data_parallel
 from autoseg.engine.epoch_data import check_segmentation_batch_size
@@ -62,7 +63,8 @@ class SearchRun(TrainingRun):
         self.epochs = cfg.train.epochs
         self.eval_input_scale = cfg.data.scale or 1.0  # the supernet sees images at the search scale
         self.model: SearchNetwork = network.to(device)
-        self.train_model = data_parallel(self.model, device)  # the weight steps' forward (gradients averaged)
+        forward = compiled(self.model, cfg.train.compile)  # the training forward passes (--compile)
+        self.train_model = data_parallel(forward, device)  # the weight steps' forward (gradients averaged)
         self.criterion = task.criterion()
         o, a = cfg.optimizer, cfg.arch_optimizer
         # foreach: one update of all weight tensors (torch's default on a GPU only; the same arithmetic)
@@ -78,7 +80,8 @@ class SearchRun(TrainingRun):
         self.cost_penalty = (None if cfg.cost.target_madds is None
                              else CostPenalty(self.cost, self.model, cfg.cost))  # off: the papers' search
         self.architect = Architect(self.model, self.criterion, self.a_optimizer, self.w_optimizer,
-                                   unrolled=cfg.train.unrolled, scaler=self.a_scaler, regularizer=self.cost_penalty)
+                                   unrolled=cfg.train.unrolled, scaler=self.a_scaler, regularizer=self.cost_penalty,
+                                   forward=forward)
         self.arch: Architecture = self.decode()
         self.arch_history: list[dict[str, Any]] = []  # an entry per finished epoch (arch_history.history_entry)
         self.arch_loss: torch.Tensor | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autoseg.compilation import bernoulli_mask
 from autoseg.genotype import CellGenotype
 from autoseg.ops import build_op
 
@@ -23,7 +24,7 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     if drop_prob <= 0.0:
         return x
     keep_prob = 1.0 - drop_prob
-    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
+    mask = bernoulli_mask(torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device), keep_prob)
     return x * mask / keep_prob
 
 

@@ -47,14 +47,19 @@ class Architect:
     ``model`` exposes ``arch_parameters()`` and ``weight_parameters()``; ``criterion`` maps
     (output, target) to a scalar loss; ``w_optimizer`` is the weight optimiser (its momentum
     and weight decay shape the virtual step); ``scaler`` scales the gradients of an fp16 run
-    (default: none); ``regularizer()``, when given, is added to the validation loss.
+    (default: none); ``regularizer()``, when given, is added to the validation loss; ``forward``
+    runs ``model`` at its own weights (default: ``model`` itself; a compiled ``model``), for the
+    first-order loss and the virtual step's training loss; the passes at other weights (w', w +- eps
+    v) call ``model`` functionally, uncompiled.
     """
 
     def __init__(self, model: nn.Module, criterion: LossFn, arch_optimizer: torch.optim.Optimizer,
                  w_optimizer: torch.optim.Optimizer, unrolled: bool = False, fd_epsilon: float = 0.01,
-                 scaler: torch.amp.GradScaler | None = None, regularizer: Callable[[], torch.Tensor] | None = None):
+                 scaler: torch.amp.GradScaler | None = None, regularizer: Callable[[], torch.Tensor] | None = None,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.model = model
         self.regularizer = regularizer
+        self.forward = forward if forward is not None else model
         self.scaler = scaler or torch.amp.GradScaler(enabled=False)
         self.criterion = criterion
         self.optimizer = arch_optimizer
@@ -99,7 +104,7 @@ class Architect:
     def _loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         inputs, target = batch
         if weights is None:
-            return self.criterion(self.model(inputs), target)
+            return self.criterion(self.forward(inputs), target)
         state = {n: w for n, w in zip(self.weight_names, weights)}
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
         return self.criterion(functional_call(self.model, (state, buffers), (inputs,)), target)

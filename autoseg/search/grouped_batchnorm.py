@@ -25,17 +25,22 @@ training-mode forward pass reads the running statistics, so the result is the sa
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_GROUPS: contextvars.ContextVar[int] = contextvars.ContextVar("autoseg_batch_groups", default=1)
+class _Setting:
+    """What the grouped batch norms are told by the context managers below."""
+
+    def __init__(self) -> None:
+        self.groups = 1
+        self.frozen = False
+        self.pending: _PendingStatistics | None = None  # inside deferred_running_statistics
 
 
-_FROZEN: contextvars.ContextVar[bool] = contextvars.ContextVar("autoseg_frozen_statistics", default=False)
+_SETTING = _Setting()
 
 
 class _PendingStatistics:
@@ -57,45 +62,42 @@ class _PendingStatistics:
                                  list(means) + list(variances), [norm.momentum for norm in norms] * 2)
 
 
-_PENDING: contextvars.ContextVar[_PendingStatistics | None] = contextvars.ContextVar("autoseg_pending_statistics",
-                                                                                     default=None)
-
-
 @contextlib.contextmanager
-def _set(variable: contextvars.ContextVar, value: Any) -> Iterator[None]:
-    token = variable.set(value)
+def _set(name: str, value: Any) -> Iterator[None]:
+    previous = getattr(_SETTING, name)
+    setattr(_SETTING, name, value)
     try:
         yield
     finally:
-        variable.reset(token)
+        setattr(_SETTING, name, previous)
 
 
 def batch_groups(groups: int) -> contextlib.AbstractContextManager:
     """Within this block, grouped batch norms treat their batch as ``groups`` stacked groups."""
-    return _set(_GROUPS, groups)
+    return _set("groups", groups)
 
 
 def frozen_running_statistics() -> contextlib.AbstractContextManager:
     """Within this block, grouped batch norms in training mode normalise with batch statistics
     but leave their running statistics alone (for the recomputed forward pass of activation
     checkpointing, which would otherwise count every batch twice)."""
-    return _set(_FROZEN, True)
+    return _set("frozen", True)
 
 
 @contextlib.contextmanager
 def deferred_running_statistics() -> Iterator[None]:
     """Within this block, grouped batch norms queue their running-statistics updates and apply them,
     in order, when the block ends (see the module docstring); a nested block joins the outer one.
-    Also a decorator."""
-    if _PENDING.get() is not None:
+    Also a decorator. Under ``torch.compile`` (``--compile``) the norms update immediately instead:
+    the same updates in the same order, which the compiler fuses itself."""
+    if _SETTING.pending is not None or torch.compiler.is_compiling():
         yield
         return
-    pending = _PendingStatistics()
-    token = _PENDING.set(pending)
+    pending = _SETTING.pending = _PendingStatistics()
     try:
         yield
     finally:
-        _PENDING.reset(token)
+        _SETTING.pending = None
         pending.apply()
 
 
@@ -156,7 +158,7 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
     and, when affine-free, saves its output for backward (:class:`AffineFreeBatchNorm`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        groups, frozen = _GROUPS.get(), _FROZEN.get()
+        groups, frozen = _SETTING.groups, _SETTING.frozen
         batch_statistics = self.training or not self.track_running_stats
         if groups == 1 and (not batch_statistics or (self.affine and not frozen)):
             return super().forward(x)
@@ -169,7 +171,7 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
             return out.reshape(n, c, h, w)
         dtype = self.running_mean.dtype if self.track_running_stats else torch.promote_types(x.dtype, torch.float32)
         # overwritten with the batch statistics (momentum 1); zero so that 1 * new + 0 * old is exact
-        pending = _PENDING.get()
+        pending = _SETTING.pending
         # queued: the affine-free norms of the search cells (an affine one without groups updates in its kernel)
         queued = (pending is not None and not self.affine and self.track_running_stats and not frozen
                   and self.momentum is not None)

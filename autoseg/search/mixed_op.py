@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoseg.compilation import varying_dropout
 from autoseg.genotype import num_edges
 from autoseg.ops import check_primitives
 from autoseg.search.collapse_guards import CollapseGuards, channel_shuffle, check_partial_channels
@@ -67,7 +68,7 @@ class MixedEdges(nn.Module):
         for slot, op in enumerate(self.ops):
             y = op(inputs)
             if slot == self.dropout_op and dropout > 0:  # an independent mask per edge
-                y = F.dropout(y.expand(-1, weights.shape[0], -1, -1, -1), dropout)
+                y = varying_dropout(y.expand(-1, weights.shape[0], -1, -1, -1), dropout)
             terms.append(y)
         out = weighted_sum(weights[:, self.columns], terms)
         if k > 1:

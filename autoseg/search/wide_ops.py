@@ -24,7 +24,6 @@ run per edge through :class:`EdgeStack`; a wide form is one :func:`register_wide
 from __future__ import annotations
 
 import math
-from functools import cached_property
 from typing import Callable
 
 import torch
@@ -57,11 +56,15 @@ class EdgeInput:
 
     def __init__(self, x: torch.Tensor):
         self.x = x
+        self._relu: torch.Tensor | None = None
 
-    @cached_property
+    @property
     def relu(self) -> torch.Tensor:
         """ReLU of the state (the first layer of the conv ops and of FactorizedReduce)."""
-        return F.relu(self.x)
+        # not functools.cached_property: on Python 3.11 it takes a lock, which torch.compile cannot trace
+        if self._relu is None:
+            self._relu = F.relu(self.x)
+        return self._relu
 
 
 def _conv_init_(weight: torch.Tensor, fan_in: int) -> None:

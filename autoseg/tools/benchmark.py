@@ -4,6 +4,7 @@
     autoseg benchmark --mode hierarchical --crop-size 321 --device cuda --amp        # bfloat16
     autoseg benchmark --mode hierarchical --crop-size 321 --device cuda --amp fp16   # V100, T4
     autoseg benchmark --mode cifar --batch-size 64
+    autoseg benchmark --mode retrain --arch autodeeplab-paper --filter-multiplier 4 --crop-size 64 --compile
 
 Random inputs of the given size; the sizes default to each mode's paper setting. Prints one
 JSON line: the setting, the weight parameter count, the median seconds of a weight step
@@ -13,7 +14,10 @@ activations one forward pass saves for backward (``saved_activations_mb``: devic
 so a CPU run tells how much GPU memory the activations of a setting take; with checkpointing,
 what the checkpoints keep), and the ATen ops one weight step dispatches, views excluded
 (``kernel_ops``, :func:`autoseg.profiling.kernel_ops`; ``--kernel-ops-top N`` adds the N most
-frequent ops), which bounds a GPU step when the tensors are small.
+frequent ops), which bounds a GPU step when the tensors are small. ``--mode retrain`` times
+the training step of a retrain model (``--arch``, as ``autoseg retrain`` takes it; no architecture
+step). ``--compile`` times the steps of the compiled model (:mod:`autoseg.compilation`); the
+``first_<step>_s`` figures, each step's first run, then include compiling.
 """
 from __future__ import annotations
 
@@ -23,13 +27,16 @@ import platform
 import resource
 import statistics
 import time
+from typing import Any, Callable
 
 import torch
 
-from autoseg.cli import add_amp_argument
-from autoseg.config import DartsSearchModelConfig, SearchConfig, TrellisModelConfig
+from autoseg.cli import add_amp_argument, add_compile_argument
+from autoseg.compilation import check_compile, compiled
+from autoseg.config import DartsSearchModelConfig, SearchConfig, TrainConfig, TrellisModelConfig, validate_config
 from autoseg.engine.checkpoint import resolve_device
 from autoseg.engine.search_setup import build_search_network
+from autoseg.models.spec import build_model, model_spec
 from autoseg.precision import autocast, check_amp, grad_scaler, scaled_step
 from autoseg.profiling import kernel_ops, saved_activation_bytes
 from autoseg.search.architect import Architect
@@ -38,8 +45,9 @@ from autoseg.search.architect import Architect
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The benchmark's command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("hierarchical", "cifar"), default="hierarchical")
-    p.add_argument("--filter-multiplier", type=int, default=8, help="F (hierarchical)")
+    p.add_argument("--mode", choices=("hierarchical", "cifar", "retrain"), default="hierarchical")
+    p.add_argument("--arch", default="autodeeplab-paper", help="the model of --mode retrain (as autoseg retrain --arch)")
+    p.add_argument("--filter-multiplier", type=int, default=8, help="F (hierarchical, retrain)")
     p.add_argument("--layers", type=int, help="layers (default 12 hierarchical, 8 cifar)")
     p.add_argument("--levels", type=int, default=4, help="resolution levels (hierarchical)")
     p.add_argument("--blocks", type=int, help="blocks per cell (default 5 hierarchical, 4 cifar)")
@@ -49,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, help="default 19 hierarchical, 10 cifar")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_amp_argument(p)
+    add_compile_argument(p, off_switch=False)
     p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cells in backward (hierarchical)")
     p.add_argument("--selective-checkpoint", action="store_true",
@@ -68,6 +77,64 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def time_steps(args: argparse.Namespace, device: torch.device,
+               steps: dict[str, Callable[[], None]]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Run each step ``args.warmup`` times, then ``args.steps`` timed times; returns the machine, the
+    median seconds of each (and of its first run, ``first_<name>``: compiling included with
+    --compile) and the peak memory."""
+    timings: dict[str, Any] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for name, step in steps.items():
+        seconds = []
+        for _ in range(args.warmup + args.steps):
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            seconds.append(time.perf_counter() - start)
+        timed = seconds[args.warmup:]
+        timings[name] = round(statistics.median(timed), 4) if timed else None
+        timings[f"first_{name}"] = round(seconds[0], 3) if seconds else None
+    if device.type == "cuda":
+        peak = {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory": "cuda_max_allocated"}
+        machine = torch.cuda.get_device_name()
+    else:
+        peak = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "memory": "peak_rss"}
+        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if not args.steps + args.warmup:  # no step ran: there is no step's peak to report
+        peak["peak_memory_mb"] = None
+    return machine, timings, peak
+
+
+def benchmark_retrain(args: argparse.Namespace, device: torch.device, setting: bool | str) -> dict:
+    """``--mode retrain``: time the training step (forward, backward, SGD) of the model ``--arch``
+    builds at F = ``--filter-multiplier``; print and return its JSON line."""
+    size, batch, classes = args.crop_size or 769, args.batch_size or 8, args.num_classes or 19
+    torch.manual_seed(0)
+    model = build_model(model_spec(args.arch, filter_multiplier=args.filter_multiplier), classes).to(device)
+    forward = compiled(model, setting)
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    scaler = grad_scaler(device, args.amp)
+    inputs = torch.randn(batch, 3, size, size, device=device)
+    target = torch.randint(0, classes, (batch, size, size)).to(device)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, args.amp):
+            loss = criterion(forward(inputs).float(), target)
+        scaled_step(loss, optimizer, scaler, model.parameters(), grad_clip=None)
+
+    machine, timings, peak = time_steps(args, device, {"train_step_s": train_step})
+    result = {"mode": args.mode, "arch": args.arch, "device": device.type, "machine": machine, "amp": args.amp,
+              "compile": setting, "batch_size": batch, "crop_size": size, "filter_multiplier": args.filter_multiplier,
+              "params": sum(p.numel() for p in model.parameters()), **timings, **peak, "torch": torch.__version__}
+    print(json.dumps(result))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and print its JSON line."""
     args = parse_args(argv)
@@ -75,6 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     check_amp(args.amp, device)
+    setting = args.compile or False
+    check_compile(setting, device)
+    if args.mode == "retrain":
+        return benchmark_retrain(args, device, setting)
     hierarchical = args.mode == "hierarchical"
     if hierarchical:
         model_cfg = TrellisModelConfig(layers=args.layers or 12, levels=args.levels, blocks=args.blocks or 5,
@@ -85,18 +156,20 @@ def main(argv: list[str] | None = None) -> dict:
         blocks = args.blocks or 4
         model_cfg = DartsSearchModelConfig(init_channels=args.init_channels, layers=args.layers or 8,
                                            blocks=blocks, multiplier=blocks, partial_channels=args.partial_channels)
-    cfg = SearchConfig(mode=args.mode, model=model_cfg)
+    cfg = SearchConfig(mode=args.mode, model=model_cfg, train=TrainConfig(compile=setting))
+    validate_config(cfg)
     size = args.crop_size or (321 if hierarchical else 32)
     batch = args.batch_size or (2 if hierarchical else 64)
     classes = args.num_classes or (19 if hierarchical else 10)
     torch.manual_seed(0)
     model = build_search_network(cfg, classes).to(device)
+    forward = compiled(model, setting)
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255) if hierarchical else torch.nn.CrossEntropyLoss()
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4, foreach=True)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-3, weight_decay=1e-3)
     w_scaler = grad_scaler(device, args.amp)
     architect = Architect(model, criterion, a_opt, w_opt, unrolled=args.unrolled,
-                          scaler=grad_scaler(device, args.amp))
+                          scaler=grad_scaler(device, args.amp), forward=forward)
     inputs = torch.randn(batch, 3, size, size, device=device)
     target = (torch.randint(0, classes, (batch, size, size)) if hierarchical
               else torch.randint(0, classes, (batch,))).to(device)
@@ -104,40 +177,19 @@ def main(argv: list[str] | None = None) -> dict:
     def weight_step() -> None:
         w_opt.zero_grad(set_to_none=True)
         with autocast(device, args.amp):
-            loss = criterion(model(inputs).float(), target)
+            loss = criterion(forward(inputs).float(), target)
         scaled_step(loss, w_opt, w_scaler, model.weight_parameters(), grad_clip=None)
 
     def arch_step() -> None:
         with autocast(device, args.amp):
             architect.step((inputs, target), (inputs, target), 0.025)
 
-    timings = {}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for name, step in (("weight_step_s", weight_step), ("arch_step_s", arch_step)):
-        for _ in range(args.warmup):
-            step()
-        seconds = []
-        for _ in range(args.steps):
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            seconds.append(time.perf_counter() - start)
-        timings[name] = round(statistics.median(seconds), 4) if seconds else None
-    if device.type == "cuda":
-        peak = {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory": "cuda_max_allocated"}
-        machine = torch.cuda.get_device_name()
-    else:
-        peak = {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "memory": "peak_rss"}
-        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    if not args.steps + args.warmup:  # no step ran: there is no step's peak to report
-        peak["peak_memory_mb"] = None
-    ops = kernel_ops(weight_step) if args.steps else None  # one more weight step, after the timed ones
+    machine, timings, peak = time_steps(args, device, {"weight_step_s": weight_step, "arch_step_s": arch_step})
+    # one more weight step, after the timed ones (not with --compile: the counting mode would retrace)
+    ops = kernel_ops(weight_step) if args.steps and not setting else None
     with autocast(device, args.amp):
         saved = saved_activation_bytes(lambda: criterion(model(inputs).float(), target))
-    result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp,
+    result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp, "compile": setting,
               "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells,
               "selective_checkpoint": args.selective_checkpoint,
               "partial_channels": args.partial_channels, "batch_size": batch,
@@ -152,4 +204,3 @@ def main(argv: list[str] | None = None) -> dict:
               "torch": torch.__version__}
     print(json.dumps(result))
     return result
-

@@ -1,0 +1,193 @@
+"""``--compile``: torch.compile of the training steps gives the eager losses and gradients within a
+stated tolerance, compiles once (not at every step or epoch), and writes the eager checkpoints.
+
+The networks are the smallest of their kind, and the tests that run Inductor share their shapes
+(batches of 2 supernet and 4 retrain images of 32x32, 6 classes), so each graph is generated once
+per machine (Inductor caches generated code on disk). The rest traces with TorchDynamo only
+(``backend="eager"``): whether a graph is captured again is decided there, whatever the backend.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+from conftest import write_config, write_tiny_retrain_config
+from torch._dynamo.utils import counters
+
+from autoseg.compilation import check_compile, compiled
+from autoseg.config import RetrainConfig, SearchConfig, load_config
+from autoseg.engine.checkpoint import load_checkpoint
+from autoseg.engine.search_setup import build_search_network
+from autoseg.errors import UserError
+from autoseg.models.spec import build_model, model_spec
+from autoseg.search.trellis_network import TrellisSearchNetwork
+
+RTOL, ATOL = 1e-4, 1e-5
+"""float32: compiled and eager losses, gradients and weights agree to ``|a - b| <= ATOL + RTOL * |b|``."""
+
+TRELLIS = {"layers": 1, "levels": 1, "blocks": 1, "filter_multiplier": 2, "aspp_channels": 8,
+           "primitives": ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"], "skip_dropout": 0.0}
+"""One node of a one-block cell, with the synthetic config's auxiliary skip (no dropout: Inductor
+draws its own random numbers, which no eager run reproduces)."""
+
+DATA = {"image_size": 32, "crop_size": 32, "train_length": 8, "val_length": 2, "batch_size": 2, "eval_batch_size": 2}
+CLASSES = 6  # the synthetic scenes'
+
+
+def search_config(path: Path, **train) -> Path:
+    """The synthetic search with :data:`TRELLIS`: 2 epochs of 2 steps, the first a warm-up."""
+    return write_config(path, "search/synthetic", data=DATA, model=TRELLIS,
+                        train={"epochs": 2, "warmup_epochs": 1, **train})
+
+
+def write_arch(path: Path) -> Path:
+    """The architecture a :data:`TRELLIS` supernet decodes to, as ``arch.json``: one cell of one block."""
+    torch.manual_seed(0)
+    TrellisSearchNetwork(CLASSES, **TRELLIS).decode().to_json(path)
+    return path
+
+
+def assert_close(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
+
+
+def step_results(model: torch.nn.Module, forward: torch.nn.Module, images: torch.Tensor,
+                 target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Loss, every gradient and every buffer after one training forward and backward pass."""
+    model.train()
+    loss = torch.nn.functional.cross_entropy(forward(images), target, ignore_index=255)
+    loss.backward()
+    return {"loss": loss.detach(), **{f"grad {n}": p.grad for n, p in model.named_parameters()},
+            **{f"buffer {n}": b for n, b in model.named_buffers()}}
+
+
+def assert_compiled_step_matches_eager(model: torch.nn.Module, batch: int) -> None:
+    torch.manual_seed(1)
+    images, target = torch.randn(batch, 3, 32, 32), torch.randint(0, CLASSES, (batch, 32, 32))
+    twin = copy.deepcopy(model)
+    eager = step_results(model, model, images, target)
+    assert_close(eager, step_results(twin, compiled(twin, True), images, target))
+
+
+def test_compiled_supernet_gives_the_eager_loss_and_gradients(tmp_path):
+    cfg = load_config(search_config(tmp_path / "search.yaml"), SearchConfig)
+    torch.manual_seed(0)
+    model = build_search_network(cfg, CLASSES)
+    assert_compiled_step_matches_eager(model, batch=2)  # alpha and beta gradients included
+
+
+def test_compiled_retrain_network_gives_the_eager_loss_and_gradients(tmp_path):
+    arch = write_arch(tmp_path / "arch.json")
+    model = build_model(model_spec(str(arch)), CLASSES)
+    assert_compiled_step_matches_eager(model, batch=4)
+
+
+def graphs_captured() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def test_supernet_is_captured_once_however_the_architecture_and_the_guards_move():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TrellisSearchNetwork(CLASSES, **{**TRELLIS, "skip_dropout": 0.4}, auxiliary_skip=1.0)
+    forward = torch.compile(model, backend="eager")
+    images = torch.randn(2, 3, 32, 32)
+    before = graphs_captured()
+    for progress in (0.0, 0.0, 0.25, 0.5, 0.75):
+        model.set_search_progress(progress)  # decays the skip dropout and the auxiliary skip
+        with torch.no_grad():
+            model.alphas.normal_()
+            model.betas.normal_()
+        forward(images).sum().backward()
+    # Dynamo takes the first dropout rate as a constant, and the rate as an input once it changed
+    assert graphs_captured() - before == 2
+    model.set_search_progress(0.9)
+    forward(images).sum().backward()
+    assert graphs_captured() - before == 2
+
+
+def test_darts_drop_path_is_captured_once_after_it_first_changes():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(model_spec("DARTS_V2", C=4, layers=3, auxiliary=False), 10)
+    forward = torch.compile(model, backend="eager")
+    images = torch.randn(2, 3, 32, 32)
+    before = graphs_captured()
+    for epoch in range(5):
+        model.drop_path_prob = 0.2 * epoch / 5  # what the retraining sets at every epoch
+        forward(images).sum().backward()
+    assert graphs_captured() - before == 2
+
+
+def test_search_compile_matches_eager_and_resumes_without_compiling(tool, tmp_path):
+    search = tool("search")
+    config = search_config(tmp_path / "search.yaml")
+    search(["--config", str(config), "--out", str(tmp_path / "eager"), "--device", "cpu", "--max-steps", "3"])
+    torch._dynamo.reset()
+    before = graphs_captured()
+    search(["--config", str(config), "--out", str(tmp_path / "compiled"), "--device", "cpu", "--max-steps", "3",
+            "--compile"])
+    # the weight steps and the architecture step share their graph; the first takes the auxiliary skip's
+    # weight as a constant, the second (once it decayed in epoch 2) as an input
+    assert graphs_captured() - before == 2
+    eager, compiled_run = load_checkpoint(tmp_path / "eager"), load_checkpoint(tmp_path / "compiled")
+    assert compiled_run["config"]["train"]["compile"] is True
+    assert_close(eager["model"], compiled_run["model"])  # same keys (no _orig_mod.), same values to tolerance
+    eager_loss, compiled_loss = (run["stop_record"]["train"]["loss"] for run in (eager, compiled_run))
+    assert compiled_loss == pytest.approx(eager_loss, rel=RTOL, abs=ATOL)
+
+    search(["--resume", str(tmp_path / "compiled"), "--no-compile"])  # the rest eagerly, from the compiled checkpoint
+    finished = load_checkpoint(tmp_path / "compiled")
+    assert finished["global_step"] == 4 and [r["epoch"] for r in finished["history"]] == [1, 2]
+    assert finished["config"]["train"]["compile"] is False
+
+
+def test_retrain_compile_trains_and_writes_the_eager_checkpoint_keys(tool, tmp_path):
+    arch = write_arch(tmp_path / "arch.json")
+    config = write_tiny_retrain_config(tmp_path / "retrain.yaml")
+    retrain = tool("retrain")
+    common = ["--config", str(config), "--arch", str(arch), "--device", "cpu", "--max-steps", "1"]
+    retrain([*common, "--out", str(tmp_path / "eager")])
+    retrain([*common, "--out", str(tmp_path / "compiled"), "--compile"])
+    eager, compiled_run = load_checkpoint(tmp_path / "eager"), load_checkpoint(tmp_path / "compiled")
+    assert compiled_run["model"].keys() == eager["model"].keys()
+    eager_loss, compiled_loss = (run["stop_record"]["train"]["loss"] for run in (eager, compiled_run))
+    assert compiled_loss == pytest.approx(eager_loss, rel=RTOL, abs=ATOL)  # the forward pass before any update
+    # (the weights after the update are not compared element by element: on these flat synthetic crops the
+    # batch norms of the stem are ill-conditioned and float32 gradients, eager or compiled, are only good to
+    # about 1e-2 there; see README, "Compiling")
+
+
+def test_compile_is_off_by_default_and_checks_its_mode():
+    assert SearchConfig().train.compile is False and RetrainConfig().train.compile is False
+    assert compiled(model := torch.nn.Linear(2, 2), False) is model
+    with pytest.raises(UserError, match="compile must be true, false or one of default, reduce-overhead"):
+        compiled(model, "fastest")
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
+    from torch._inductor import cpp_builder
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    def no_compiler() -> str:
+        raise InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(UserError, match="needs a C.. compiler .* drop --compile") as caught:
+        check_compile(True, torch.device("cpu"))
+    assert "\n" not in str(caught.value)
+    check_compile(False, torch.device("cpu"))  # nothing to check when off
+
+
+def test_bad_compile_setting_in_a_config_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="train.compile must be true, false or one of"):
+        load_config(search_config(tmp_path / "search.yaml", compile="fast"), SearchConfig)
+    checkpointed = write_config(tmp_path / "checkpointed.yaml", "search/synthetic", model={"checkpoint_cells": True},
+                                train={"compile": "max-autotune"})
+    with pytest.raises(UserError, match="train.compile and model.checkpoint_cells cannot be combined"):
+        load_config(checkpointed, SearchConfig)
