@@ -12,7 +12,7 @@ are written from the original module, so their keys are the same with or without
 ``OptimizedModule`` would prefix every key with ``_orig_mod.``). The compiled kernels fuse and
 reorder floating-point work, so results agree with the eager ones to rounding, not bit for bit
 (``tests/test_compilation.py`` states the tolerance); random numbers drawn inside the graph (the
-P-DARTS skip dropout) come from Inductor's own generator, seeded from torch's.
+P-DARTS skip dropout, DARTS drop-path) come from Inductor's own generator, seeded from torch's.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from autoseg.errors import UserError
 
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """The modes of :func:`torch.compile` the ``compile`` setting may name."""
+
 
 def compile_mode(setting: bool | str) -> str | None:
     """The :func:`torch.compile` mode of a ``compile`` setting, None when it is off."""

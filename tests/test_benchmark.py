@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from autoseg.models.spec import build_model, model_spec
 from autoseg.profiling import saved_activation_bytes
 from autoseg.search.trellis_network import TrellisSearchNetwork
 
@@ -52,3 +53,13 @@ def test_benchmark_memory_only(tool):
                                 "--crop-size", "16", "--steps", "0", "--warmup", "0", "--device", "cpu"])
     assert result["weight_step_s"] is None and result["peak_memory_mb"] is None and result["kernel_ops"] is None
     assert result["saved_activations_mb"] > 0
+
+
+def test_benchmark_times_a_retrain_step(tool, capsys):
+    result = tool("benchmark")(["--mode", "retrain", "--arch", "autodeeplab-paper", "--filter-multiplier", "2",
+                                "--crop-size", "16", "--batch-size", "2", "--num-classes", "3", "--steps", "1",
+                                "--warmup", "0", "--device", "cpu"])
+    assert capsys.readouterr().out.strip().startswith("{")
+    assert result["train_step_s"] > 0 and result["first_train_step_s"] == pytest.approx(result["train_step_s"], abs=1e-3)
+    model = build_model(model_spec("autodeeplab-paper", filter_multiplier=2), 3)
+    assert result["params"] == sum(p.numel() for p in model.parameters())  # the network asked for

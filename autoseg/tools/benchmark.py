@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("hierarchical", "cifar", "retrain"), default="hierarchical")
     p.add_argument("--arch", default="autodeeplab-paper", help="the model of --mode retrain (as autoseg retrain --arch)")
-    p.add_argument("--filter-multiplier", type=int, default=8, help="F (hierarchical, retrain)")
+    p.add_argument("--filter-multiplier", type=int, help="F (default 8 hierarchical; retrain: the model's own)")
     p.add_argument("--layers", type=int, help="layers (default 12 hierarchical, 8 cifar)")
     p.add_argument("--levels", type=int, default=4, help="resolution levels (hierarchical)")
     p.add_argument("--blocks", type=int, help="blocks per cell (default 5 hierarchical, 4 cifar)")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     hierarchical = args.mode == "hierarchical"
     if hierarchical:
         model_cfg = TrellisModelConfig(layers=args.layers or 12, levels=args.levels, blocks=args.blocks or 5,
-                                       filter_multiplier=args.filter_multiplier,
+                                       filter_multiplier=args.filter_multiplier or 8,
                                        checkpoint_cells=args.checkpoint_cells, partial_channels=args.partial_channels,
                                        selective_checkpoint=args.selective_checkpoint)
     else:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
               "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells,
               "selective_checkpoint": args.selective_checkpoint,
               "partial_channels": args.partial_channels, "batch_size": batch,
-              "crop_size": size, **({"filter_multiplier": args.filter_multiplier, "levels": args.levels}
+              "crop_size": size, **({"filter_multiplier": model_cfg.filter_multiplier, "levels": args.levels}
                                     if hierarchical else {"init_channels": args.init_channels}),
               "layers": model_cfg.layers, "blocks": model_cfg.blocks,
               "params": sum(p.numel() for p in model.weight_parameters()), **timings, **peak,
