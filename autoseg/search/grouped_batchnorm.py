@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 class _Setting:
     """What the grouped batch norms are told by the context managers below."""
 
