@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_conte
 from autoseg.config import SearchConfig, TrellisModelConfig, validate_config
 from autoseg.errors import UserError
 from autoseg.profiling import saved_activation_bytes
+from autoseg.search.architect import Architect
 from autoseg.search.node_recomputation import keep_products
 from autoseg.search.trellis_network import TrellisSearchNetwork
 
@@ -53,6 +54,28 @@ def test_recomputing_equals_the_plain_computation(option, guards):
                 for p in net.parameters():
                     p -= 0.1 * p.grad
                     p.grad = None
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_second_order_architecture_gradient_equals_the_plain_one(option):
+    # the architect evaluates the loss with swapped-in weights (w', w +- eps v): the recomputation
+    # must run on those, not on the network's own
+    torch.manual_seed(0)
+    plain = TrellisSearchNetwork(3, **SMALL)
+    recomputing = copy.deepcopy(plain)
+    setattr(recomputing, option, True)
+    train = (torch.randn(2, 3, 24, 24), torch.randint(0, 3, (2, 24, 24)))
+    valid = (torch.randn(2, 3, 24, 24), torch.randint(0, 3, (2, 24, 24)))
+    gradients = []
+    for net in (plain, recomputing):
+        w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+        a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-3)
+        architect = Architect(net, torch.nn.CrossEntropyLoss(), a_opt, w_opt, unrolled=True)
+        gradients.append(architect.gradient(train, valid, xi=0.025))
+    (plain_loss, plain_grads), (loss, grads) = gradients
+    assert torch.equal(plain_loss, loss)
+    for p, q in zip(plain_grads, grads):
+        assert torch.equal(p, q)
 
 
 def test_selective_checkpointing_keeps_fewer_activations_than_the_plain_run_but_more_than_cells():

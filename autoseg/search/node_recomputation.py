@@ -18,15 +18,22 @@ Both give the same outputs and gradients as the plain computation: the recomputa
 the forward pass's ops on the same values, with the random state of the forward pass (so the
 P-DARTS skip dropout draws the same masks), and leaves the batch-norm running statistics
 alone, which the forward pass has already updated once
-(:func:`~autoseg.search.grouped_batchnorm.frozen_running_statistics`).
+(:func:`~autoseg.search.grouped_batchnorm.frozen_running_statistics`). It also uses the
+parameters and buffers the forward pass used, even where those were swapped in for one call
+(:func:`torch.func.functional_call`, as the second-order architect evaluates the loss at the
+virtual weights w' and at w +- eps v).
 """
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import Any, Iterator
 
 import torch
-from torch.utils.checkpoint import CheckpointPolicy, SelectiveCheckpointContext, create_selective_checkpoint_contexts
+from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import (CheckpointPolicy, SelectiveCheckpointContext, checkpoint,
+                                    create_selective_checkpoint_contexts)
 
 from autoseg.search.grouped_batchnorm import frozen_running_statistics
 
@@ -57,3 +64,18 @@ def recompute_contexts(selective: bool) -> tuple[contextlib.AbstractContextManag
     forward, recompute = (create_selective_checkpoint_contexts(keep_products) if selective
                           else (contextlib.nullcontext(), contextlib.nullcontext()))
     return forward, _together(recompute, frozen_running_statistics())
+
+
+def _call_with(module: nn.Module, tensors: dict[str, torch.Tensor], *args: Any) -> Any:
+    return functional_call(module, tensors, args)
+
+
+def recomputed_in_backward(module: nn.Module, args: tuple, selective: bool) -> Any:
+    """``module(*args)``, its activations recomputed in backward (:func:`recompute_contexts`).
+
+    The module's parameters and buffers of this call go into the checkpoint with the inputs, so
+    the recomputation runs on them even when they are not the module's own tensors at that time
+    (a :func:`torch.func.functional_call` has swapped them in for the forward pass only)."""
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return checkpoint(_call_with, module, tensors, *args, use_reentrant=False,
+                      context_fn=partial(recompute_contexts, selective))

@@ -31,14 +31,12 @@ depends on there being 12 layers or 4 levels.
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from autoseg.architecture import NetworkArch
 from autoseg.genotype import num_edges
@@ -49,7 +47,7 @@ from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_we
 from autoseg.search.grouped_batchnorm import batch_groups, convert_batchnorm, deferred_running_statistics
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
-from autoseg.search.node_recomputation import recompute_contexts
+from autoseg.search.node_recomputation import recomputed_in_backward
 from autoseg.trellis import predecessors, transition_probabilities, trellis_nodes
 from autoseg.visualize import alpha_heatmap, cell_figure, trellis_figure
 
@@ -226,9 +224,7 @@ class TrellisSearchNetwork(SearchNetwork):
                         edge_weights)
                 node = self.nodes[key]
                 if (self.checkpoint_cells or self.selective_checkpoint) and torch.is_grad_enabled():
-                    states[(layer, level)] = checkpoint(node, *args, use_reentrant=False,
-                                                        context_fn=partial(recompute_contexts,
-                                                                           self.selective_checkpoint))
+                    states[(layer, level)] = recomputed_in_backward(node, args, self.selective_checkpoint)
                 else:
                     states[(layer, level)] = node(*args)
             for stale in [k for k in states if k[0] == layer - 2]:
