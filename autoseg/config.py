@@ -101,6 +101,7 @@ class DartsSearchModelConfig(CollapseGuardsConfig):
     multiplier: int = 4
     stem_multiplier: int = 3
     primitives: list[str] = field(default_factory=lambda: list(PRIMITIVES))
+    selective_checkpoint: bool = False
 
 
 @dataclass
@@ -428,7 +429,6 @@ def _compile_without_cell_checkpointing(config: SearchConfig, at: str) -> str | 
         if config.train.compile is not False and getattr(model, key, False):
             return (f"{at}train.compile and model.{key} cannot be combined: torch.compile cannot trace "
                     "the cells' recomputation, which must leave the batch-norm statistics alone; drop one of them")
-    return None
     return None
 
 

@@ -68,7 +68,7 @@ def _load_bn(edge_bn: nn.BatchNorm2d, wide_bn: nn.BatchNorm2d, edge: int, num_ed
 def _load_dil_conv(edge_op: nn.Sequential, wide: wide_ops.WideDilConv, edge: int) -> None:
     edge_op[1].weight.data.copy_(wide.depthwise[edge])
     edge_op[2].weight.data.copy_(wide.pointwise[edge][..., None, None])
-    _load_bn(edge_op[3], wide.bn, edge, wide.num_edges)
+    _load_bn(edge_op[3], wide.bn, edge, wide.shape.edges)
 
 
 def edge_op(wide: nn.Module, name: str, edge: int, channels: int, stride: int) -> nn.Module:

@@ -29,7 +29,8 @@ def build_search_network(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
     try:
         if cfg.mode == "cifar":
             return DartsSearchNetwork(num_classes, m.init_channels, m.layers, m.blocks, m.multiplier,
-                                      m.stem_multiplier, m.primitives, **m.collapse_guards())
+                                      m.stem_multiplier, m.primitives, **m.collapse_guards(),
+                                      selective_checkpoint=m.selective_checkpoint)
         return TrellisSearchNetwork(num_classes, m.layers, m.levels, m.blocks, m.filter_multiplier, m.primitives,
                                     m.free_first_step, m.aspp_base_rate, m.aspp_channels, m.checkpoint_cells,
                                     **m.collapse_guards(), selective_checkpoint=m.selective_checkpoint)

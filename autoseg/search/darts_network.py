@@ -52,6 +52,10 @@ class DartsSearchNetwork(SearchNetwork):
     ``edge_betas_reduce`` (one per edge, 1e-3 * N(0, 1), as in the PC-DARTS code) to the
     architecture parameters; ``max_skip_connect`` caps the ``skip_connect`` edges of the
     decoded normal cell (P-DARTS caps the normal cell only).
+
+    ``selective_checkpoint`` (off by default; exact) recomputes the ReLUs and depthwise convs of
+    the cells' conv stages in backward instead of keeping their outputs
+    (:mod:`autoseg.search.stage_recomputation`).
     """
 
     cell_types = ("normal", "reduce")
@@ -59,7 +63,8 @@ class DartsSearchNetwork(SearchNetwork):
     def __init__(self, num_classes: int = 10, init_channels: int = 16, layers: int = 8, num_blocks: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, primitives: Sequence[str] = PRIMITIVES,
                  partial_channels: int = 1, edge_normalization: bool = False, auxiliary_skip: float = 0.0,
-                 skip_dropout: float = 0.0, max_skip_connect: int | None = None):
+                 skip_dropout: float = 0.0, max_skip_connect: int | None = None,
+                 selective_checkpoint: bool = False):
         super().__init__()
         self.guards = CollapseGuards(partial_channels, edge_normalization, auxiliary_skip, skip_dropout,
                                      max_skip_connect)
@@ -88,6 +93,7 @@ class DartsSearchNetwork(SearchNetwork):
             self.edge_betas_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
             self.edge_betas_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
         convert_batchnorm(self)
+        self.selective_checkpoint = selective_checkpoint
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters (alpha of the normal and of the reduction cell, then

@@ -45,10 +45,26 @@ _SETTING = _Setting()
 
 
 class _PendingStatistics:
-    """The running-statistics updates queued inside :func:`deferred_running_statistics`."""
+    """The running-statistics updates queued inside :func:`deferred_running_statistics`, and the
+    zeroed storage their batch statistics are written into (slices of large blocks: one
+    allocation for many batch norms)."""
+
+    BLOCK = 1 << 16
+    """Elements of one block of zeroed storage."""
 
     def __init__(self) -> None:
         self.updates: list[tuple[GroupedBatchNorm2d, torch.Tensor, torch.Tensor]] = []
+        self._block: torch.Tensor | None = None
+        self._used = 0
+
+    def zeros(self, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``size`` zeros: a slice of the current block (a new block when it is full or of another kind)."""
+        block = self._block
+        if block is None or block.dtype != dtype or block.device != device or self._used + size > block.numel():
+            self._block = block = torch.zeros(max(size, self.BLOCK), dtype=dtype, device=device)
+            self._used = 0
+        self._used += size
+        return block[self._used - size:self._used]
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -176,9 +192,8 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
         # queued: the affine-free norms of the search cells (an affine one without groups updates in its kernel)
         queued = (pending is not None and not self.affine and self.track_running_stats and not frozen
                   and self.momentum is not None)
-        # one allocation per call, queued or not: a selectively checkpointed node's recomputation
-        # (frozen, never queued) must dispatch the same ops as its forward pass
-        stats = torch.zeros(2 * groups * c, device=x.device, dtype=dtype)
+        stats = (pending.zeros(2 * groups * c, dtype, x.device) if queued
+                 else torch.zeros(2 * groups * c, device=x.device, dtype=dtype))
         batch_mean, batch_var = stats.view(2, groups * c)
         if self.affine:
             out = F.batch_norm(grouped, batch_mean, batch_var, self.weight.repeat(groups), self.bias.repeat(groups),

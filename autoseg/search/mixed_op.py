@@ -18,11 +18,12 @@ from autoseg.compilation import varying_dropout
 from autoseg.genotype import num_edges
 from autoseg.ops import check_primitives
 from autoseg.search.collapse_guards import CollapseGuards, channel_shuffle, check_partial_channels
+from autoseg.search.stage_recomputation import RecomputableModule
 from autoseg.search.weighted_sum import compact_index, weighted_sum
 from autoseg.search.wide_ops import EdgeInput, build_wide_op
 
 
-class MixedEdges(nn.Module):
+class MixedEdges(RecomputableModule):
     """The mixed ops of ``num_edges`` edges that read the same state.
 
     ``forward(x, weights)`` takes the state and the ``(num_edges, num_ops)`` softmax(alpha)
@@ -38,6 +39,9 @@ class MixedEdges(nn.Module):
     ``guards.current_skip_dropout`` in training mode (P-DARTS); with ``auxiliary_skip`` on,
     every edge adds ``guards.current_auxiliary_skip`` times a skip connection of the whole
     input (DARTS-).
+
+    With ``recompute_activations`` (``selective_checkpoint``) the state's shared ReLU keeps its
+    input for backward instead of its output (:mod:`autoseg.search.stage_recomputation`).
     """
 
     def __init__(self, channels: int, num_edges: int, stride: int, primitives: Sequence[str],
@@ -62,7 +66,7 @@ class MixedEdges(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         k = self.partial_channels
-        inputs = EdgeInput(x[:, :x.shape[1] // k] if k > 1 else x)
+        inputs = EdgeInput(x[:, :x.shape[1] // k] if k > 1 else x, self.recompute_activations)
         dropout = self.guards.current_skip_dropout if self.guards is not None and self.training else 0.0
         terms = []
         for slot, op in enumerate(self.ops):

@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from autoseg.architecture import Architecture
+from autoseg.search.stage_recomputation import set_recomputation
 
 
 class SearchNetwork(nn.Module, abc.ABC):
@@ -36,6 +37,19 @@ class SearchNetwork(nn.Module, abc.ABC):
         """Every parameter that is not an architecture parameter."""
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
+
+    _selective_checkpoint = False
+
+    @property
+    def selective_checkpoint(self) -> bool:
+        """Whether the cells' conv stages recompute their ReLUs and depthwise convs in backward
+        instead of keeping their outputs (:mod:`autoseg.search.stage_recomputation`; exact)."""
+        return self._selective_checkpoint
+
+    @selective_checkpoint.setter
+    def selective_checkpoint(self, on: bool) -> None:
+        self._selective_checkpoint = on
+        set_recomputation(self, on)
 
     def set_search_progress(self, fraction: float) -> None:
         """Called by the search at the start of every epoch with the fraction (0..1) of the

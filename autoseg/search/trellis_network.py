@@ -25,9 +25,9 @@ depends on there being 12 layers or 4 levels.
   adds PC-DARTS's per-edge logits ``edge_betas`` (shared by every cell, like alpha) to the
   architecture parameters; ``max_skip_connect`` caps the ``skip_connect`` edges of the decoded
   cell (P-DARTS).
-- Memory options, off by default and exact (:mod:`autoseg.search.node_recomputation`):
-  ``checkpoint_cells`` recomputes every node in backward, ``selective_checkpoint`` only its
-  cheap ops (batch norm, ReLU, pooling, the weighted sums).
+- Memory options, off by default and exact: ``checkpoint_cells`` recomputes every node in
+  backward (:mod:`autoseg.search.node_recomputation`), ``selective_checkpoint`` only the ReLUs
+  and depthwise convs of the cells' conv stages (:mod:`autoseg.search.stage_recomputation`).
 """
 from __future__ import annotations
 
@@ -157,7 +157,6 @@ class TrellisSearchNetwork(SearchNetwork):
         self.primitives = tuple(primitives)
         self.free_first_step = free_first_step
         self.checkpoint_cells = checkpoint_cells
-        self.selective_checkpoint = selective_checkpoint
         c1, c2, c3 = STEM_CHANNELS
         self.stem = nn.Sequential(
             nn.Conv2d(3, c1, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
@@ -184,6 +183,7 @@ class TrellisSearchNetwork(SearchNetwork):
         if edge_normalization:  # PC-DARTS's per-edge logits (not the network-level beta)
             self.edge_betas = nn.Parameter(1e-3 * torch.randn(num_edges(blocks)))
         convert_batchnorm(self)
+        self.selective_checkpoint = selective_checkpoint
 
     @staticmethod
     def node_key(layer: int, level: int) -> str:
@@ -223,8 +223,8 @@ class TrellisSearchNetwork(SearchNetwork):
                 args = (prev, states.get((layer - 2, level)), probs[layer, :, level], cell_weights, sizes[level],
                         edge_weights)
                 node = self.nodes[key]
-                if (self.checkpoint_cells or self.selective_checkpoint) and torch.is_grad_enabled():
-                    states[(layer, level)] = recomputed_in_backward(node, args, self.selective_checkpoint)
+                if self.checkpoint_cells and torch.is_grad_enabled():
+                    states[(layer, level)] = recomputed_in_backward(node, args)
                 else:
                     states[(layer, level)] = node(*args)
             for stale in [k for k in states if k[0] == layer - 2]:

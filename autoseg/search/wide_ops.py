@@ -32,6 +32,8 @@ from torch import nn
 
 from autoseg.ops import build_op
 from autoseg.search.grouped_batchnorm import GroupedBatchNorm2d, convert_batchnorm
+from autoseg.search.stage_recomputation import (RecomputableModule, StageShape, pointwise, recomputed_relu,
+                                               recomputed_stage)
 
 WideOpFactory = Callable[[int, int, int], nn.Module]
 """Builds a wide op from ``(channels, num_edges, stride)``."""
@@ -52,10 +54,12 @@ def register_wide_op(name: str) -> Callable[[WideOpFactory], WideOpFactory]:
 
 
 class EdgeInput:
-    """The state that every edge of a fan-out reads, and its ReLU, computed at most once."""
+    """The state that every edge of a fan-out reads, and its ReLU, computed at most once
+    (with ``recompute``, a :func:`~autoseg.search.stage_recomputation.recomputed_relu`)."""
 
-    def __init__(self, x: torch.Tensor):
+    def __init__(self, x: torch.Tensor, recompute: bool = False):
         self.x = x
+        self.recompute = recompute
         self._relu: torch.Tensor | None = None
 
     @property
@@ -63,7 +67,7 @@ class EdgeInput:
         """ReLU of the state (the first layer of the conv ops and of FactorizedReduce)."""
         # not functools.cached_property: on Python 3.11 it takes a lock, which torch.compile cannot trace
         if self._relu is None:
-            self._relu = F.relu(self.x)
+            self._relu = recomputed_relu(self.x) if self.recompute else F.relu(self.x)
         return self._relu
 
 
@@ -71,13 +75,6 @@ def _conv_init_(weight: torch.Tensor, fan_in: int) -> None:
     """PyTorch's default conv initialisation (kaiming uniform, a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
     nn.init.uniform_(weight, -bound, bound)
-
-
-def _pointwise(y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-edge 1x1 convs as one grouped conv: ``y`` (N, k, C_in, H, W), ``weight`` (k, C_out, C_in)."""
-    n, k, _, h, w = y.shape
-    out = F.conv2d(y.reshape(n, -1, h, w), weight.reshape(-1, weight.shape[2], 1, 1), groups=k)
-    return out.view(n, k, -1, h, w)
 
 
 class WideBatchNorm(GroupedBatchNorm2d):
@@ -90,19 +87,21 @@ class WideBatchNorm(GroupedBatchNorm2d):
         return super().forward(x.flatten(1, 2)).view(x.shape)
 
 
-class WideDilConv(nn.Module):
+class WideDilConv(RecomputableModule):
     """ReLU - depthwise kxk conv - pointwise 1x1 conv - BN (:class:`autoseg.ops.DilConv`) on ``k`` edges.
 
     With ``shared_input`` the edges read one state (``EdgeInput``, ReLU shared); otherwise each
-    edge reads its own ``(N, k, C, H, W)`` slice (the second half of a separable conv).
+    edge reads its own ``(N, k, C, H, W)`` slice (the second half of a separable conv). With
+    ``recompute_activations`` (``selective_checkpoint``) the ReLU and the depthwise conv are
+    recomputed in backward (:mod:`autoseg.search.stage_recomputation`).
     """
 
     def __init__(self, channels: int, num_edges: int, kernel_size: int, stride: int, dilation: int,
                  shared_input: bool = True):
         super().__init__()
-        self.channels, self.num_edges = channels, num_edges
-        self.stride, self.dilation, self.shared_input = stride, dilation, shared_input
-        self.padding = dilation * (kernel_size - 1) // 2
+        # shared input: groups=C with k filters per group, output channel c * k + i is edge i on channel c
+        self.shape = StageShape(channels, num_edges, stride, dilation * (kernel_size - 1) // 2, dilation,
+                                channels if shared_input else channels * num_edges, shared_input)
         self.depthwise = nn.Parameter(torch.empty(num_edges, channels, 1, kernel_size, kernel_size))
         self.pointwise = nn.Parameter(torch.empty(num_edges, channels, channels))
         _conv_init_(self.depthwise, kernel_size * kernel_size)
@@ -110,21 +109,19 @@ class WideDilConv(nn.Module):
         self.bn = WideBatchNorm(channels, num_edges)
 
     def forward(self, x: EdgeInput | torch.Tensor) -> torch.Tensor:
-        c, k = self.channels, self.num_edges
-        if self.shared_input:
-            # groups=C with k filters per group: output channel c * k + i is edge i on channel c
-            # (one edge needs no transpose, whose gradient would carry odd strides into DDP's buckets)
-            by_channel = self.depthwise.transpose(0, 1) if k > 1 else self.depthwise
-            weight = by_channel.reshape(c * k, 1, *self.depthwise.shape[-2:])
-            y = F.conv2d(x.relu, weight, stride=self.stride, padding=self.padding,
-                         dilation=self.dilation, groups=c)
-            y = y.unflatten(1, (c, k)).transpose(1, 2)
+        shared = self.shape.shared_input
+        # channel-major for a shared input (one edge needs no transpose, whose gradient would carry
+        # odd strides into DDP's buckets)
+        by_channel = self.depthwise.transpose(0, 1) if shared and self.shape.edges > 1 else self.depthwise
+        weight = by_channel.reshape(-1, 1, *self.depthwise.shape[-2:])
+        if self.recompute_activations:
+            pointwise_weight = self.pointwise.reshape(-1, self.shape.channels, 1, 1)
+            out = (recomputed_stage(x.x, weight, pointwise_weight, self.shape, relu=x.relu) if shared
+                   else recomputed_stage(x.flatten(1, 2), weight, pointwise_weight, self.shape))
         else:
-            weight = self.depthwise.reshape(k * c, 1, *self.depthwise.shape[-2:])
-            y = F.conv2d(F.relu(x.flatten(1, 2)), weight, stride=self.stride, padding=self.padding,
-                         dilation=self.dilation, groups=k * c)
-            y = y.unflatten(1, (k, c))
-        return self.bn(_pointwise(y, self.pointwise))
+            out = pointwise(self.shape.depthwise(x.relu if shared else F.relu(x.flatten(1, 2)), weight),
+                            self.pointwise)
+        return self.bn(out)
 
 
 class WideSepConv(nn.Sequential):

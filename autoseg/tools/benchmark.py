@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cells in backward (hierarchical)")
     p.add_argument("--selective-checkpoint", action="store_true",
-                   help="recompute only the cheap ops of the cells in backward (hierarchical)")
+                   help="recompute the ReLUs and depthwise convs of the cells in backward (exact, less memory)")
     p.add_argument("--partial-channels", type=int, default=1, metavar="K",
                    help="PC-DARTS partial channel connections: 1/K of the channels through the mixed ops (1: off)")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind (0: memory figures only)")
@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         blocks = args.blocks or 4
         model_cfg = DartsSearchModelConfig(init_channels=args.init_channels, layers=args.layers or 8,
-                                           blocks=blocks, multiplier=blocks, partial_channels=args.partial_channels)
+                                           blocks=blocks, multiplier=blocks, partial_channels=args.partial_channels,
+                                           selective_checkpoint=args.selective_checkpoint)
     cfg = SearchConfig(mode=args.mode, model=model_cfg, train=TrainConfig(compile=setting))
     validate_config(cfg)
     size = args.crop_size or (321 if hierarchical else 32)
