@@ -423,12 +423,18 @@ def _known_compile_mode(train: TrainConfig | RetrainTrainConfig, at: str) -> str
     return None
 
 
+_UNTRACEABLE_RECOMPUTATION = {
+    "checkpoint_cells": "the cells' recomputation, which must leave the batch-norm statistics alone",
+    "selective_checkpoint": ("the recomputed stages' backward, which asks the autograd engine which gradients it "
+                             "wants (compiling already recomputes cheap ops in backward by itself)"),
+}
+
+
 def _compile_without_cell_checkpointing(config: SearchConfig, at: str) -> str | None:
-    model = config.model
-    for key in ("checkpoint_cells", "selective_checkpoint"):
-        if config.train.compile is not False and getattr(model, key, False):
-            return (f"{at}train.compile and model.{key} cannot be combined: torch.compile cannot trace "
-                    "the cells' recomputation, which must leave the batch-norm statistics alone; drop one of them")
+    for key, what in _UNTRACEABLE_RECOMPUTATION.items():
+        if config.train.compile is not False and getattr(config.model, key, False):
+            return (f"{at}train.compile and model.{key} cannot be combined: torch.compile cannot trace {what}; "
+                    "drop one of them")
     return None
 
 

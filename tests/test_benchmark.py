@@ -1,10 +1,14 @@
 """The benchmark tool and the saved-activation measurement behind its memory figures."""
+from dataclasses import replace
+
 import pytest
 import torch
 
+from autoseg.config import DartsSearchModelConfig, TrellisModelConfig
 from autoseg.models.spec import build_model, model_spec
 from autoseg.profiling import saved_activation_bytes
 from autoseg.search.trellis_network import TrellisSearchNetwork
+from autoseg.tools.benchmark import paper_search_hours
 
 
 def test_saved_activation_bytes_counts_each_storage_once():
@@ -38,6 +42,25 @@ def test_benchmark_prints_one_json_line_with_the_figures(tool, capsys, args):
     assert result["weight_step_s"] > 0 and result["arch_step_s"] > 0
     assert result["peak_memory_mb"] > 0 and result["saved_activations_mb"] > 0 and result["params"] > 0
     assert result["kernel_ops"] > 0 and "kernel_ops_top" not in result
+    assert result["paper_search_hours"] is None  # not a paper's setting: no projection
+
+
+def test_paper_search_hours_project_the_papers_searches():
+    paper = TrellisModelConfig(layers=12, levels=4, blocks=5, filter_multiplier=8)
+    # Auto-DeepLab: 2975 Cityscapes images, half A 1488 = 744 batches of 2; 40 epochs of weight steps, of which
+    # the last 20 also have an architecture step each
+    hours = (744 * (40 * 10.0 + 20 * 5.0)) / 3600
+    assert paper_search_hours("hierarchical", paper, 321, 2, 10.0, 5.0) == pytest.approx(hours, abs=0.005)
+    # the memory options change nothing the search computes, so the same projection
+    assert paper_search_hours("hierarchical", replace(paper, selective_checkpoint=True), 321, 2, 10.0, 5.0) == \
+        pytest.approx(hours, abs=0.005)
+    # DARTS: 50,000 CIFAR-10 images, half A 25,000 = 390 full batches of 64, 50 epochs of both steps
+    cifar = DartsSearchModelConfig(init_channels=16, layers=8, blocks=4, multiplier=4)
+    assert paper_search_hours("cifar", cifar, 32, 64, 2.0, 1.0) == pytest.approx(390 * 50 * 3.0 / 3600, abs=0.005)
+    # anything else is not the papers' search
+    assert paper_search_hours("hierarchical", paper, 65, 2, 10.0, 5.0) is None
+    assert paper_search_hours("hierarchical", replace(paper, filter_multiplier=4), 321, 2, 10.0, 5.0) is None
+    assert paper_search_hours("hierarchical", paper, 321, 2, 10.0, None) is None
 
 
 def test_benchmark_lists_the_most_frequent_ops(tool):

@@ -206,7 +206,8 @@ def test_compile_without_a_cpp_compiler_is_one_line_and_writes_nothing(tool, mon
 def test_bad_compile_setting_in_a_config_is_an_error(tmp_path):
     with pytest.raises(UserError, match="train.compile must be true, false or one of"):
         load_config(search_config(tmp_path / "search.yaml", compile="fast"), SearchConfig)
-    checkpointed = write_config(tmp_path / "checkpointed.yaml", "search/synthetic", model={"checkpoint_cells": True},
-                                train={"compile": "max-autotune"})
-    with pytest.raises(UserError, match=r"train\.compile and .*model\.checkpoint_cells cannot be combined"):
-        load_config(checkpointed, SearchConfig)
+    for key in ("checkpoint_cells", "selective_checkpoint"):
+        recomputing = write_config(tmp_path / f"{key}.yaml", "search/synthetic", model={key: True},
+                                   train={"compile": "max-autotune"})
+        with pytest.raises(UserError, match=rf"train\.compile and .*model\.{key} cannot be combined"):
+            load_config(recomputing, SearchConfig)

@@ -18,6 +18,10 @@ frequent ops), which bounds a GPU step when the tensors are small. ``--mode retr
 the training step of a retrain model (``--arch``, as ``autoseg retrain`` takes it; no architecture
 step). ``--compile`` times the steps of the compiled model (:mod:`autoseg.compilation`); the
 ``first_<step>_s`` figures, each step's first run, then include compiling.
+
+Run at a paper's setting (the defaults, batch and crop included), the line also holds
+``paper_search_hours`` (:func:`paper_search_hours`): the hours the paper's whole search would take
+at the measured step times, Auto-DeepLab's 40 Cityscapes epochs or DARTS's 50 CIFAR-10 epochs.
 """
 from __future__ import annotations
 
@@ -27,13 +31,15 @@ import platform
 import resource
 import statistics
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
 
-from autoseg.cli import add_amp_argument, add_compile_argument
+from autoseg.cli import CONFIG_DIR, add_amp_argument, add_compile_argument
 from autoseg.compilation import check_compile, compiled
-from autoseg.config import DartsSearchModelConfig, SearchConfig, TrainConfig, TrellisModelConfig, validate_config
+from autoseg.config import (DartsSearchModelConfig, SearchConfig, TrainConfig, TrellisModelConfig, load_config,
+                            validate_config)
 from autoseg.engine.checkpoint import resolve_device
 from autoseg.engine.search_setup import build_search_network
 from autoseg.models.spec import build_model, model_spec
@@ -106,6 +112,37 @@ def time_steps(args: argparse.Namespace, device: torch.device,
     if not args.steps + args.warmup:  # no step ran: there is no step's peak to report
         peak["peak_memory_mb"] = None
     return machine, timings, peak
+
+
+MEMORY_OPTIONS = ("checkpoint_cells", "selective_checkpoint")
+"""Model settings that trade memory for time and leave the computation as it is."""
+
+PAPER_SEARCHES = {"hierarchical": ("cityscapes", 2975), "cifar": ("cifar10", 50000)}
+"""The papers' search of each mode: the shipped config (``search/<name>.yaml``: epochs, warm-up epochs,
+batch, crop, supernet) and the training images it splits in halves (Cityscapes train, Auto-DeepLab
+§5.1; CIFAR-10 train, DARTS §3.1)."""
+
+
+def paper_search_hours(mode: str, model_cfg: DartsSearchModelConfig | TrellisModelConfig, size: int, batch: int,
+                       weight_step_s: float | None, arch_step_s: float | None) -> float | None:
+    """Hours of the paper's search at the measured step times, or None unless the setting is the paper's.
+
+    Every epoch runs one weight step per full batch of half A (the larger half of the training
+    images); every epoch after the warm-up adds as many architecture steps, on half B. Data loading
+    and the per-epoch evaluation are not counted.
+    """
+    name, images = PAPER_SEARCHES[mode]
+    paper = load_config(CONFIG_DIR / "search" / f"{name}.yaml", SearchConfig)
+    crop = paper.data.crop_size or 32  # CIFAR-10 images are 32x32, uncropped
+    # the memory options change no number of the search
+    same_supernet = (type(model_cfg) is type(paper.model)
+                     and replace(model_cfg, **{key: getattr(paper.model, key) for key in MEMORY_OPTIONS
+                                               if hasattr(model_cfg, key)}) == paper.model)
+    if weight_step_s is None or arch_step_s is None or not same_supernet or (size, batch) != (crop, paper.data.batch_size):
+        return None
+    steps = ((images + 1) // 2) // batch
+    architecture_epochs = paper.train.epochs - paper.train.warmup_epochs
+    return round(steps * (paper.train.epochs * weight_step_s + architecture_epochs * arch_step_s) / 3600, 2)
 
 
 def benchmark_retrain(args: argparse.Namespace, device: torch.device, setting: bool | str) -> dict:
@@ -199,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
               "layers": model_cfg.layers, "blocks": model_cfg.blocks,
               "params": sum(p.numel() for p in model.weight_parameters()), **timings, **peak,
               "saved_activations_mb": round(saved / 2**20, 1),
+              "paper_search_hours": paper_search_hours(args.mode, model_cfg, size, batch, timings["weight_step_s"],
+                                                       timings["arch_step_s"]),
               "kernel_ops": sum(ops.values()) if ops is not None else None,
               **({"kernel_ops_top": dict(ops.most_common(args.kernel_ops_top))}
                  if ops is not None and args.kernel_ops_top else {}),
