@@ -97,6 +97,32 @@ def test_compiled_supernet_gives_the_eager_loss_and_gradients(tmp_path):
     assert_compiled_step_matches_eager(model, batch=2)  # alpha and beta gradients included
 
 
+AMP_RTOL = 5e-2
+"""bfloat16 autocast: compiled kernels round at other places than eager ops (a bfloat16 step is 2**-8), so
+each gradient and buffer agrees to ``max|a - b| <= AMP_RTOL * max|b| + 1e-4``, and the loss to 1e-3."""
+
+
+@needs_inductor
+def test_compiled_supernet_under_bfloat16_autocast_gives_the_eager_amp_step(tmp_path):
+    cfg = load_config(search_config(tmp_path / "search.yaml"), SearchConfig)
+    torch.manual_seed(0)
+    model = build_search_network(cfg, CLASSES)
+    torch.manual_seed(1)
+    images, target = torch.randn(2, 3, 32, 32), torch.randint(0, CLASSES, (2, 32, 32))
+    twin = copy.deepcopy(model)
+    forward = compiled(twin, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = step_results(model, model, images, target)
+        amp = step_results(twin, forward, images, target)
+    assert amp["loss"] == pytest.approx(eager["loss"].item(), rel=1e-3)
+    for name, expected in eager.items():
+        if expected.is_floating_point() and expected.numel():
+            error = (amp[name].float() - expected.float()).abs().max().item()
+            assert error <= AMP_RTOL * expected.float().abs().max().item() + 1e-4, name
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert forward(images).dtype == torch.bfloat16  # the compiled graph runs in autocast's dtype
+
+
 @needs_inductor
 def test_compiled_retrain_network_gives_the_eager_loss_and_gradients(tmp_path):
     arch = write_arch(tmp_path / "arch.json")

@@ -35,7 +35,7 @@ _convolution_backward = torch.ops.aten.convolution_backward.default
 _threshold_backward = torch.ops.aten.threshold_backward.default
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
+def _active_autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast runs convolutions in on ``device``, or None where autocast is off."""
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
@@ -144,7 +144,7 @@ class _RecomputedStage(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, relu: torch.Tensor | None, depthwise: torch.Tensor,
                 pointwise_weight: torch.Tensor, shape: StageShape) -> torch.Tensor:
-        dtype = autocast_dtype(x.device)
+        dtype = _active_autocast_dtype(x.device)
         r = torch.relu(x) if relu is None else relu
         out = _grouped_pointwise(shape.depthwise(_cast(r, dtype), _cast(depthwise, dtype)),
                                  _cast(pointwise_weight, dtype))
