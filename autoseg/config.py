@@ -379,8 +379,8 @@ def _multiplier_within_blocks(model: DartsSearchModelConfig, at: str) -> str | N
 
 def _one_recomputation(model: TrellisModelConfig, at: str) -> str | None:
     if model.checkpoint_cells and model.selective_checkpoint:
-        return (f"{at}checkpoint_cells and {at}selective_checkpoint are both on: they are two ways of recomputing "
-                "the nodes in backward, turn off one of them")
+        return (f"{at}checkpoint_cells and {at}selective_checkpoint are both on: checkpoint_cells already keeps "
+                "only each node's inputs, leaving selective_checkpoint nothing to save; turn off one of them")
     return None
 
 

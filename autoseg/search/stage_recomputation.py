@@ -135,7 +135,9 @@ def _wanted(ctx: Any, index: int) -> bool:
     if not ctx.needs_input_grad[index]:
         return False
     node = ctx.next_functions[ctx.edges[index]][0]
-    return node is None or isinstance(node, torch._C._functions.AccumulateGrad) or torch._C._will_engine_execute_node(node)
+    if node is None or isinstance(node, torch._C._functions.AccumulateGrad):
+        return True
+    return torch._C._will_engine_execute_node(node)
 
 
 class _RecomputedStage(torch.autograd.Function):
@@ -162,7 +164,8 @@ class _RecomputedStage(torch.autograd.Function):
         needs_input = _wanted(ctx, 0) or _wanted(ctx, 1)
         needs_depthwise, needs_pointwise = _wanted(ctx, 2), _wanted(ctx, 3)
         r = torch.relu(x)
-        r_cast, depthwise_cast, pointwise_cast = _cast(r, dtype), _cast(depthwise, dtype), _cast(pointwise_weight, dtype)
+        r_cast, depthwise_cast = _cast(r, dtype), _cast(depthwise, dtype)
+        pointwise_cast = _cast(pointwise_weight, dtype)
         n, k, _, h, w = grad.shape
         if needs_pointwise:
             y = shape.depthwise(r_cast, depthwise_cast).reshape(n, -1, h, w)  # the recomputation

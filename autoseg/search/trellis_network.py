@@ -150,8 +150,8 @@ class TrellisSearchNetwork(SearchNetwork):
         if layers < 1 or levels < 1 or blocks < 1 or filter_multiplier < 1:
             raise ValueError("layers, levels, blocks and filter_multiplier must all be positive")
         if checkpoint_cells and selective_checkpoint:
-            raise ValueError("checkpoint_cells and selective_checkpoint both recompute the nodes in backward: turn on "
-                             "one of them")
+            raise ValueError("checkpoint_cells already keeps only each node's inputs, leaving selective_checkpoint "
+                             "nothing to save: turn on one of them")
         self.num_layers, self.num_levels, self.num_blocks = layers, levels, blocks
         self.filter_multiplier = filter_multiplier
         self.primitives = tuple(primitives)

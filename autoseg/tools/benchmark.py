@@ -138,7 +138,8 @@ def paper_search_hours(mode: str, model_cfg: DartsSearchModelConfig | TrellisMod
     same_supernet = (type(model_cfg) is type(paper.model)
                      and replace(model_cfg, **{key: getattr(paper.model, key) for key in MEMORY_OPTIONS
                                                if hasattr(model_cfg, key)}) == paper.model)
-    if weight_step_s is None or arch_step_s is None or not same_supernet or (size, batch) != (crop, paper.data.batch_size):
+    paper_batch = (size, batch) == (crop, paper.data.batch_size)
+    if weight_step_s is None or arch_step_s is None or not same_supernet or not paper_batch:
         return None
     steps = ((images + 1) // 2) // batch
     architecture_epochs = paper.train.epochs - paper.train.warmup_epochs
