@@ -130,12 +130,14 @@ class TrainConfig:
     :mod:`autoseg.engine.step_guard`). ``checkpoint_every_steps``: also write the checkpoint every
     that many optimiser steps within an epoch (null: only at the end of an epoch). ``compile``:
     ``torch.compile`` the training forward and backward passes: false (eager), true or a mode of
-    :data:`autoseg.compilation.COMPILE_MODES` (see :mod:`autoseg.compilation`).
+    :data:`autoseg.compilation.COMPILE_MODES` (see :mod:`autoseg.compilation`). ``method``: the
+    search method (:mod:`autoseg.search.methods`; ``darts``, the papers', by default), whose own
+    settings are the config's ``method_options``.
     """
 
     epochs: int = 50
     warmup_epochs: int = 0
-    unrolled: bool = False
+    method: str = "darts"
     max_steps: int | None = None
     seed: int = 2
     device: str = "auto"
@@ -167,7 +169,11 @@ class CostConfig:
 
 @dataclass
 class SearchConfig:
-    """A whole search experiment; ``mode`` is ``cifar`` (DARTS cells) or ``hierarchical``."""
+    """A whole search experiment; ``mode`` names the search space (:mod:`autoseg.search.spaces`):
+    ``cifar`` (DARTS cells) or ``hierarchical`` (the Auto-DeepLab trellis), whose supernet the
+    ``model`` section sizes. ``method_options``: the settings of the search method
+    ``train.method`` (checked against that method's settings when the search is built; empty:
+    the method's paper defaults)."""
 
     mode: str = "cifar"
     data: DataConfig = field(default_factory=DataConfig)
@@ -176,9 +182,11 @@ class SearchConfig:
     arch_optimizer: ArchOptimizerConfig = field(default_factory=ArchOptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     MODEL_TYPES: typing.ClassVar[dict[str, type]] = {"cifar": DartsSearchModelConfig,
                                                       "hierarchical": TrellisModelConfig}
+    """The ``model`` section of each search space."""
 
 
 @dataclass
@@ -410,7 +418,7 @@ def _known_amp(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
 
 
 def _cost_for_the_trellis(search: SearchConfig, at: str) -> str | None:
-    if search.mode != "hierarchical" and search.cost.target_madds is not None:
+    if not isinstance(search.model, TrellisModelConfig) and search.cost.target_madds is not None:
         return (f"{at}cost.target_madds applies to the hierarchical search only (mode: hierarchical), "
                 f"not to mode {search.mode!r}: remove it")
 
@@ -439,7 +447,6 @@ def _compile_without_cell_checkpointing(config: SearchConfig, at: str) -> str | 
 
 
 RELATIONS: dict[type, tuple[Callable[[Any, str], str | None], ...]] = {
-    SearchConfig: (_compile_without_cell_checkpointing,),
     DataConfig: (_crop_fits_image, _scale_range_ordered),
     OptimizerConfig: (_lr_min_below_lr,),
     RetrainOptimizerConfig: (_lr_min_below_lr, _known_schedule),
@@ -480,9 +487,10 @@ def config_problems(config: Any, where: str | None = None) -> list[str]:
     or contradicts another, one message each naming the dotted key (under the prefix ``where``)."""
     at = f"{where}." if where else ""
     problems, sections = [], []
+    ranges = BOUNDS.get(type(config)) or getattr(type(config), "BOUNDS", {})  # a section's own (a method's)
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)
-        bounds = BOUNDS.get(type(config), {}).get(item.name)
+        bounds = ranges.get(item.name)
         if dataclasses.is_dataclass(value):
             sections.append((value, f"{at}{item.name}"))
         elif bounds is not None and not bounds.admits(value):
@@ -519,6 +527,12 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
         raise UserError(errors[0] if errors else f"{where} must not be null")
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise UserError(f"{where} must be a mapping of names to values, got {value!r}")
+        return dict(value)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where} must be a list, got {value!r}")
@@ -549,6 +563,24 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {hint} at {where}")
 
 
+def _unrolled_as_method_option(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A search config as written before search methods were plug-ins, in today's form:
+    ``train.unrolled`` (DARTS's second-order update) is now ``method_options.unrolled`` of the
+    ``darts`` method."""
+    train = data.get("train")
+    if not isinstance(train, dict) or "unrolled" not in train:
+        return data
+    train = dict(train)
+    unrolled = train.pop("unrolled")
+    data = {**data, "train": train}
+    if unrolled is not False:
+        if train.get("method", "darts") != "darts":
+            raise UserError(f"{where}.train.unrolled is a setting of the darts method, not of {train['method']!r}: "
+                            "remove it (second-order updates are method_options.unrolled of train.method: darts)")
+        data["method_options"] = {**(data.get("method_options") or {}), "unrolled": unrolled}
+    return data
+
+
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrongly typed values."""
     if data is None:
@@ -560,6 +592,8 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid keys: {', '.join(names)}")
+    if cls is SearchConfig:
+        data = _unrolled_as_method_option(data, where)
     values = {}
     for name, value in data.items():
         if cls is SearchConfig and name == "model":

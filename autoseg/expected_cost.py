@@ -45,7 +45,7 @@ from autoseg.models.deeplab_head import DeepLabV3PlusHead
 from autoseg.models.fixed_cell import edge_stride
 from autoseg.ops import build_op
 from autoseg.profiling import count_madds
-from autoseg.search.network import SearchNetwork
+from autoseg.search.spaces import get_space
 from autoseg.search.trellis_network import TrellisSearchNetwork
 from autoseg.trellis import node_exists, transition_probabilities
 
@@ -168,18 +168,20 @@ class TrellisCost:
                                                                    self.head_madds))
         return self._on_device[device]
 
-    def expected_madds(self, alphas: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
-        """Expected Multi-Adds (float64 scalar) of the decoded network under softmax(``alphas``)
-        (``(edges, ops)``) and the chain of transition probabilities of ``betas`` (``(L, S, 3)``);
-        differentiable in both."""
+    def expected_madds(self, alphas: torch.Tensor, betas: torch.Tensor,
+                       probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Expected Multi-Adds (float64 scalar) of the decoded network under the op probabilities
+        of ``alphas`` (``(edges, ops)``) and the chain of transition probabilities of ``betas``
+        (``(L, S, 3)``), rows of logits turned into probabilities by ``probabilities`` (default
+        softmax; a relaxation's distribution); differentiable in both."""
         if tuple(alphas.shape) != tuple(self.op_madds.shape[2:]) or tuple(betas.shape) != (self.layers,
                                                                                              self.levels, 3):
             raise ValueError(f"alphas {tuple(alphas.shape)} and betas {tuple(betas.shape)} do not fit this trellis "
                              f"({self.layers} layers, {self.levels} levels, {self.blocks} blocks)")
         op_madds, preprocessing_madds, head_madds = self._tables(alphas.device)
         with torch.autocast(alphas.device.type, enabled=False):
-            probs = F.softmax(alphas.double(), dim=-1)
-            transitions = transition_probabilities(betas.double(), self.free_first_step)
+            probs = F.softmax(alphas.double(), dim=-1) if probabilities is None else probabilities(alphas.double())
+            transitions = transition_probabilities(betas.double(), self.free_first_step, probabilities)
             cell_ops = torch.einsum("bceo,eo->bc", op_madds, probs)  # expected op cost of each move b -> c
             start = F.one_hot(torch.tensor(0, device=alphas.device), self.levels).double()
             before = torch.outer(start, start)  # P(level a at layer l-2, level b at layer l-1); the stem is level 0
@@ -198,7 +200,7 @@ class TrellisCost:
 
     def supernet_madds(self, network: TrellisSearchNetwork) -> torch.Tensor:
         """:meth:`expected_madds` of the supernet's current alpha and beta."""
-        return self.expected_madds(network.alphas, network.betas)
+        return self.expected_madds(network.alphas, network.betas, network.relaxation.probabilities)
 
     def network_cost(self, arch: NetworkArch) -> dict[str, Any]:
         """The exact cost of the network ``arch`` builds with this F, classes and input size:
@@ -219,9 +221,8 @@ class TrellisCost:
         return dataclasses.replace(arch, cost=self.network_cost(arch))
 
 
-def decode_with_cost(network: SearchNetwork, cost: TrellisCost | None) -> Architecture:
-    """``network.decode()``, with the decoded network's cost when there is a cost model."""
-    arch = network.decode()
+def with_cost(arch: Architecture, cost: TrellisCost | None) -> Architecture:
+    """``arch`` with the cost of its network when there is a cost model, else as it is."""
     return arch if cost is None else cost.with_cost(arch)
 
 
@@ -238,7 +239,7 @@ def build_trellis_cost(cfg: SearchConfig, num_classes: int) -> TrellisCost | Non
     """The cost model of a hierarchical search config, or None when there is none to build (the
     cifar mode, no input size known, or more levels than the decoded network supports); then a
     ``cost.target_madds`` is an error."""
-    if cfg.mode != "hierarchical":
+    if not get_space(cfg.mode).has_cost_model:
         return None
     size = cost_input_size(cfg)
     if size is None:

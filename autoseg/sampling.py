@@ -91,26 +91,41 @@ def sample_path(num_layers: int, num_levels: int, seed: Seed, free_first_step: b
     return tuple(path)
 
 
+def sample_network_arch(layers: int, levels: int, blocks: int, primitives: Sequence[str], seed: Seed,
+                        filter_multiplier: int | None = None, free_first_step: bool = True) -> NetworkArch:
+    """A hierarchical architecture of the trellis ``layers`` x ``levels`` with cells of ``blocks``
+    blocks: a random cell, then a uniform path (recording ``filter_multiplier``, ``levels``,
+    ``primitives`` and ``free_first_step``)."""
+    rng = _generator(seed)
+    cell = sample_cell(blocks, primitives, rng)
+    path = sample_path(layers, levels, rng, free_first_step)
+    return NetworkArch(path=path, cell=cell, filter_multiplier=filter_multiplier, levels=levels,
+                       primitives=tuple(primitives), free_first_step=free_first_step)
+
+
+def sample_genotype(blocks: int, multiplier: int, primitives: Sequence[str], seed: Seed) -> Genotype:
+    """A DARTS genotype: random normal and reduction cells of ``blocks`` blocks, each the
+    concatenation of its last ``multiplier`` states."""
+    rng = _generator(seed)
+    concat = range(2 + blocks - multiplier, blocks + 2)
+    return Genotype(*(sample_cell(blocks, primitives, rng, concat) for _ in ("normal", "reduce")))
+
+
 def sample_architecture(space: SearchConfig | TrellisModelConfig | DartsSearchModelConfig,
                         seed: Seed) -> Architecture:
     """One architecture drawn at random from the space a search with ``space`` explores (a
     search config, or its ``model`` section).
 
-    Hierarchical: a :class:`NetworkArch` (a uniform path and a random cell) recording the
-    config's ``filter_multiplier``, ``levels``, ``primitives`` and ``free_first_step``. CIFAR-10
-    cell search: a :class:`Genotype` (random normal and reduction cells, output the last
-    ``multiplier`` states).
+    Hierarchical: a :class:`NetworkArch` (:func:`sample_network_arch`) recording the config's
+    ``filter_multiplier``, ``levels``, ``primitives`` and ``free_first_step``. CIFAR-10 cell
+    search: a :class:`Genotype` (:func:`sample_genotype`).
     """
     model = space.model if isinstance(space, SearchConfig) else space
-    rng = _generator(seed)
     if isinstance(model, TrellisModelConfig):
-        cell = sample_cell(model.blocks, model.primitives, rng)
-        path = sample_path(model.layers, model.levels, rng, model.free_first_step)
-        return NetworkArch(path=path, cell=cell, filter_multiplier=model.filter_multiplier, levels=model.levels,
-                           primitives=tuple(model.primitives), free_first_step=model.free_first_step)
+        return sample_network_arch(model.layers, model.levels, model.blocks, model.primitives, seed,
+                                   model.filter_multiplier, model.free_first_step)
     if isinstance(model, DartsSearchModelConfig):
-        concat = range(2 + model.blocks - model.multiplier, model.blocks + 2)
-        return Genotype(*(sample_cell(model.blocks, model.primitives, rng, concat) for _ in ("normal", "reduce")))
+        return sample_genotype(model.blocks, model.multiplier, model.primitives, seed)
     raise TypeError(f"expected a SearchConfig or its model section, got {type(space).__name__}")
 
 

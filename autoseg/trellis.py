@@ -15,6 +15,8 @@ transition probabilities, which :func:`viterbi_path` decodes into the most proba
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -90,8 +92,12 @@ def transition_mask(
     return mask
 
 
-def transition_probabilities(beta: torch.Tensor, free_first_step: bool = True) -> torch.Tensor:
+def transition_probabilities(beta: torch.Tensor, free_first_step: bool = True,
+                             normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Softmax betas ``(L, S, 3)`` into transition probabilities ``(L, S, S)``.
+
+    ``normalize`` replaces the softmax over each node's moves (it gets the ``(L, S, 3)`` logits,
+    invalid moves at ``-inf``, and normalises the last dimension; a search method's relaxation).
 
     Entry ``[l, i, j]`` is the probability of moving from level ``i`` at layer ``l - 1`` to
     level ``j`` at layer ``l``. Each existing source node gets a softmax over its valid
@@ -115,7 +121,7 @@ def transition_probabilities(beta: torch.Tensor, free_first_step: bool = True) -
     # the backward pass); they are zeroed by the final mask.
     has_move = mask.any(dim=-1, keepdim=True)
     logits = beta.masked_fill(~mask, float("-inf")).masked_fill(~has_move, 0.0)
-    probs = torch.softmax(logits, dim=-1).masked_fill(~mask, 0.0)
+    probs = (torch.softmax(logits, dim=-1) if normalize is None else normalize(logits)).masked_fill(~mask, 0.0)
     # Move slot k of source level i lands on target level i + MOVES[k]: a band of diagonals.
     return (
         torch.diag_embed(probs[:, 1:, 0], offset=-1)

@@ -23,6 +23,7 @@ from autoseg.search.mixed_op import MixedCell, MixedEdges
 from autoseg.search.trellis_network import TrellisSearchNetwork
 from autoseg.search.weighted_sum import weighted_sum
 from autoseg.search.wide_ops import EdgeInput
+from autoseg.trellis import transition_probabilities
 
 ALL_ON = {"partial_channels": 2, "edge_normalization": True, "auxiliary_skip": 1.0, "skip_dropout": 0.3,
           "max_skip_connect": 1}
@@ -213,12 +214,8 @@ def test_edge_parameters_are_architecture_parameters_that_get_gradients_and_upda
             assert not torch.equal(e.detach(), b)
 
 
-def _logits(probabilities) -> torch.Tensor:
-    """alpha whose softmax is the given (row-normalised) probabilities."""
-    return torch.tensor(probabilities, dtype=torch.float64).log()
-
-
 OPS = ["none", "max_pool_3x3", "sep_conv_3x3", "skip_connect"]
+UNIFORM_TRANSITIONS = transition_probabilities(torch.zeros(2, 2, 3)).numpy()
 
 
 def test_decoding_scores_edges_with_their_edge_weights():
@@ -229,15 +226,15 @@ def test_decoding_scores_edges_with_their_edge_weights():
          [0.1, 0.1, 0.2, 0.6],    # 1 -> 3: skip 0.6 -> 0.6 / 6 = 0.100
          [0.4, 0.1, 0.3, 0.2]]    # 2 -> 3: sep 0.3 -> 0.3 * 2/3 = 0.200
     edge_betas = torch.tensor([0.0, 0.0, 0.0, 0.0, math.log(4.0)])
-    plain = decode_hierarchical(_logits(w), torch.zeros(2, 2, 3), OPS, 4).to_dict()
-    normalised = decode_hierarchical(_logits(w), torch.zeros(2, 2, 3), OPS, 4, edge_betas=edge_betas).to_dict()
+    plain = decode_hierarchical(np.asarray(w), UNIFORM_TRANSITIONS, OPS, 4).to_dict()
+    normalised = decode_hierarchical(np.asarray(w), UNIFORM_TRANSITIONS, OPS, 4, edge_betas=edge_betas).to_dict()
     assert plain["cell"]["blocks"] == [[["sep_conv_3x3", 0], ["max_pool_3x3", 1]],
                                        [["max_pool_3x3", 0], ["skip_connect", 1]]]
     assert normalised["cell"]["blocks"] == [[["sep_conv_3x3", 0], ["max_pool_3x3", 1]],
                                             [["sep_conv_3x3", 2], ["max_pool_3x3", 0]]]
     assert normalised["edge_weights"] == pytest.approx([0.5, 0.5, 1 / 6, 1 / 6, 2 / 3], abs=1e-6)
     assert "edge_weights" not in plain and "max_skip_connect" not in plain
-    genotype = decode_darts(_logits(w), _logits(w), OPS, 2, 2, edge_betas, edge_betas)
+    genotype = decode_darts(np.asarray(w), np.asarray(w), OPS, 2, 2, edge_betas, edge_betas)
     assert [list(map(list, block)) for block in genotype.reduce.blocks] == normalised["cell"]["blocks"]
     assert genotype.normal == genotype.reduce
 
@@ -450,7 +447,7 @@ def test_skip_cap_rejects_what_it_cannot_do():
 
 def test_darts_decoding_caps_the_normal_cell_only():
     w = np.tile([0.0, 0.1, 0.2, 0.7], (num_edges(2), 1))
-    genotype = decode_darts(_logits(w), _logits(w), OPS, 2, 2, max_skip_connect=1)
+    genotype = decode_darts(np.asarray(w), np.asarray(w), OPS, 2, 2, max_skip_connect=1)
     assert sum(op == "skip_connect" for block in genotype.normal.blocks for op, _ in block) == 1
     assert all(op == "skip_connect" for block in genotype.reduce.blocks for op, _ in block)
 

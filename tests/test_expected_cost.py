@@ -72,7 +72,8 @@ def test_expected_cost_of_one_hot_alpha_and_beta_is_the_exact_cost_of_the_decode
     rng = random.Random(seed)
     path = [1, 2, 1, 1] if seed == 0 else _random_path(rng)  # seed 0: never at level 0, the stem feeds the decoder
     alphas, betas = _one_hot(path, rng)
-    arch = decode_hierarchical(alphas, betas, PRIMITIVES, F_MULT)
+    arch = decode_hierarchical(F.softmax(alphas, dim=-1).numpy(), transition_probabilities(betas).numpy(), PRIMITIVES,
+                               F_MULT)
     assert list(arch.path) == path
     exact = profile_model(autodeeplab_from_arch(arch, CLASSES), SIZE)
     assert cost.expected_madds(alphas, betas).item() == pytest.approx(exact.madds, rel=1e-10)

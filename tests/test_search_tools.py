@@ -36,7 +36,8 @@ def _darts_search_params(c: int = 16, layers: int = 8, classes: int = 10) -> int
 def test_cifar_dry_run_counts_the_reference_search_network(tool, capsys):
     tool("search")(["--dataset", "cifar10", "--dry-run"])
     summary = _last_json_line(capsys)
-    assert summary == {"model": "DartsSearchNetwork", "params": _darts_search_params(), "arch_params": 2 * 14 * 8}
+    assert summary == {"model": "DartsSearchNetwork", "params": _darts_search_params(), "arch_params": 2 * 14 * 8,
+                       "method": "darts"}
     assert summary["params"] == 1_930_618
 
 

@@ -1,8 +1,11 @@
-"""The bilevel search loop, shared by the CIFAR-10 cell search and the hierarchical search.
+"""The bilevel search loop, shared by every search space and every search method.
 
-Per step: when past the warm-up, one architecture update on a batch of half B (the
-architect), then one weight update (SGD, gradient clipping) on a batch of half A; in an fp16
-run each of the two goes through its own gradient scaler (:mod:`autoseg.precision`). The
+Per step: when past the warm-up and the search method updates the architecture this epoch, one
+architecture update on a batch of half B (the method's: :mod:`autoseg.search.methods`), then one
+weight update (SGD, gradient clipping) on a batch of half A, in the method's context for weight
+steps; in an fp16 run each of the two goes through its own gradient scaler
+(:mod:`autoseg.precision`). The method is told when an epoch starts and chooses the architecture
+after every evaluation (with the task metric on batches of half B, when its rule needs one). The
 weight learning rate follows a cosine schedule per epoch. A hierarchical search counts what its
 decoded network costs (:mod:`autoseg.expected_cost`) and, with ``cost.target_madds``, adds the
 cost term to the architecture loss. Every epoch ends (through
@@ -28,16 +31,18 @@ from autoseg.architecture import Architecture, architecture_from_dict
 from autoseg.compilation import compiled
 from autoseg.config import SearchConfig
 from autoseg.engine.distributed import data_parallel
-from autoseg.engine.epoch_data import check_segmentation_batch_size
+from autoseg.engine.epoch_data import check_segmentation_batch_size, evaluation_batches, set_epoch
 from autoseg.engine.run import TrainingRun, TrainStep
+from autoseg.engine.search_setup import build_search_method
 from autoseg.engine.task import Task
 from autoseg.errors import UserError
-from autoseg.expected_cost import CostPenalty, build_trellis_cost, decode_with_cost
+from autoseg.expected_cost import CostPenalty, build_trellis_cost, with_cost
 from autoseg.files import write_json
 from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
 from autoseg.search.arch_history import (EVOLUTION_FIGURE, evolution_series, history_entry, history_figure, history_file,
                                          write_history)
-from autoseg.search.architect import Architect, Batch
+from autoseg.search.architect import Batch
+from autoseg.search.methods import UpdateTools
 from autoseg.search.network import SearchNetwork
 
 
@@ -77,18 +82,33 @@ class SearchRun(TrainingRun):
         # fp16: one gradient scaler per optimiser, so an overflow in one step skips only that step
         self.w_scaler, self.a_scaler = grad_scaler(device, cfg.train.amp), grad_scaler(device, cfg.train.amp)
         self.cost = build_trellis_cost(cfg, task.num_classes)  # None in the cifar mode
+        self.method = build_search_method(cfg, self.model)  # gives the supernet the method's relaxation
         self.cost_penalty = (None if cfg.cost.target_madds is None
                              else CostPenalty(self.cost, self.model, cfg.cost))  # off: the papers' search
-        self.architect = Architect(self.model, self.criterion, self.a_optimizer, self.w_optimizer,
-                                   unrolled=cfg.train.unrolled, scaler=self.a_scaler, regularizer=self.cost_penalty,
-                                   forward=forward)
-        self.arch: Architecture = self.decode()
+        self.method.prepare(UpdateTools(self.criterion, self.a_optimizer, self.w_optimizer, self.a_scaler,
+                                        self.cost_penalty, forward))
+        self.arch: Architecture = self.decode(evaluated=False)
         self.arch_history: list[dict[str, Any]] = []  # an entry per finished epoch (arch_history.history_entry)
         self.arch_loss: torch.Tensor | None = None
 
-    def decode(self) -> Architecture:
-        """The supernet's current architecture, with the decoded network's cost (hierarchical mode)."""
-        return decode_with_cost(self.model, self.cost)
+    def decode(self, evaluated: bool = True) -> Architecture:
+        """The architecture the method selects now, with the decoded network's cost (hierarchical
+        mode); without ``evaluated``, a selection rule that evaluates gives its last choice (or
+        the supernet's decoding) instead, as ``autoseg decode`` of the checkpoint does."""
+        return with_cost(self.method.select(self.evaluate_choices if evaluated else None), self.cost)
+
+    def evaluate_choices(self, batches: int | None = None) -> float:
+        """The task metric of the supernet as the method weights it now, on the first ``batches``
+        batches of half B (all of it: None), augmented as in this epoch; the supernet is evaluated
+        in eval mode and left in the mode it was in."""
+        set_epoch(self.half_b, self.epoch)
+        d = self.cfg.data
+        loader = evaluation_batches(self.half_b, d.batch_size, batches, d.num_workers,
+                                    pin_memory=self.device.type == "cuda")
+        training = self.model.training
+        metrics = self.task.evaluate(self.model, loader, self.device, amp=self.cfg.train.amp)
+        self.model.train(training)
+        return metrics[self.task.metric]
 
     def training_state(self) -> dict[str, Any]:
         """Supernet, both optimisers and their gradient scalers, the schedule, the search mode and the
@@ -97,7 +117,7 @@ class SearchRun(TrainingRun):
                 "a_optimizer": self.a_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "w_scaler": self.w_scaler.state_dict(), "a_scaler": self.a_scaler.state_dict(),
                 "mode": self.cfg.mode, "arch": self.arch.to_dict(),
-                "arch_history": self.arch_history}
+                "arch_history": self.arch_history, "method": self.method.state_dict()}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`training_state`."""
@@ -107,12 +127,15 @@ class SearchRun(TrainingRun):
         self.scheduler.load_state_dict(state["scheduler"])
         load_scaler_state(self.w_scaler, state.get("w_scaler"))
         load_scaler_state(self.a_scaler, state.get("a_scaler"))
+        self.method.load_state_dict(state.get("method", {}))  # checkpoints of earlier versions kept none
         self.arch = architecture_from_dict(state["arch"], "the checkpoint's architecture")
         self.arch_history = state.get("arch_history", [])  # checkpoints of earlier versions kept none
 
     def prepare_epoch(self) -> None:
-        """Tell the supernet how far the search is (for what decays over it: the collapse guards)."""
+        """Tell the supernet how far the search is (for what decays over it: the collapse guards),
+        and the method that an epoch starts."""
         self.model.set_search_progress(self.epoch / self.cfg.train.epochs)
+        self.method.start_epoch(self.epoch, self.evaluate_choices)
 
     def epoch_batches(self) -> Iterable[tuple[Batch, Batch | None]]:
         """(weight batch of half A, architecture batch of half B or None in the warm-up) per step."""
@@ -122,8 +145,9 @@ class SearchRun(TrainingRun):
         return ((weights, arch) for _, weights, arch in zip(steps, weight_batches, arch_batches))
 
     def searching_arch(self) -> bool:
-        """Whether this epoch updates the architecture (it is past the warm-up)."""
-        return self.epoch >= self.cfg.train.warmup_epochs
+        """Whether this epoch updates the architecture (it is past the warm-up, and the method
+        updates it in this epoch)."""
+        return self.epoch >= self.cfg.train.warmup_epochs and self.method.updates_architecture(self.epoch)
 
     def epoch_label(self) -> str:
         """Warm-up epochs say so on the progress bar."""
@@ -131,7 +155,8 @@ class SearchRun(TrainingRun):
 
     def train_step(self, batch: tuple[Batch, Batch | None]) -> TrainStep:
         """The architecture update on the batch of half B (when past the warm-up), then the
-        forward and backward pass of the weights on the batch of half A, clipped."""
+        forward pass of the weights on the batch of half A (in the method's context for weight
+        steps) and its backward pass, clipped."""
         cfg, device = self.cfg, self.device
         (inputs, target), arch_batch = batch
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
@@ -143,6 +168,7 @@ class SearchRun(TrainingRun):
                 checks = self.architecture_step((inputs, target), (v_inputs.to(device), v_target.to(device)))
             self.w_optimizer.zero_grad(set_to_none=True)
             self.mark_buffers()
+        with self.method.weight_step(self.global_step), autocast(device, cfg.train.amp):
             logits = self.train_model(inputs)
             loss = self.criterion(logits.float(), target)
         grad_norm = scaled_backward(loss, self.w_optimizer, self.w_scaler, self.model.weight_parameters(),
@@ -151,23 +177,23 @@ class SearchRun(TrainingRun):
                          checks)
 
     def architecture_step(self, train_batch: Batch, valid_batch: Batch) -> dict[str, torch.Tensor]:
-        """The architect's update; returns its loss and gradient norm to check with the weight
+        """The method's architecture update; returns its loss and gradient norm to check with the weight
         step. Under ``nan_policy: skip`` they are checked at once instead, and a non-finite update
         is dropped before Adam applies it; in an fp16 run the gradient scaler checks it."""
         self.mark_buffers()
-        loss, grads = self.architect.gradient(train_batch, valid_batch, self.scheduler.get_last_lr()[0])
+        loss, grads = self.method.architecture_gradient(train_batch, valid_batch, self.scheduler.get_last_lr()[0])
         self.arch_loss = loss
         if self.a_scaler.is_enabled():
             # fp16: the scaler skips an overflowed update itself (the scaled virtual step of the second
             # order can overflow into the loss too): nothing to check here
-            self.architect.apply(grads)
+            self.method.apply(grads)
             return {}
         quantities = {"architecture loss": loss, "architecture gradient norm": torch.nn.utils.get_total_norm(grads)}
         if not self.skipping:
-            self.architect.apply(grads)
+            self.method.apply(grads)
             return quantities
         if self.check(quantities)[1]:
-            self.architect.apply(grads)
+            self.method.apply(grads)
         else:
             self.drop_update("skipped_arch_batches")
         return {}
@@ -213,7 +239,7 @@ class SearchRun(TrainingRun):
         """The decoded architecture (``arch.json`` or ``genotype.json``): of the evaluation's
         record, or at a stop the one decoded then (what ``autoseg decode`` of the checkpoint gives);
         the history of the finished epochs' architectures and its figure."""
-        arch = self.arch if self.stop_record is None else self.decode()
+        arch = self.arch if self.stop_record is None else self.decode(evaluated=False)
         write_json(arch.to_dict(), self.run_dir / arch.FILE_NAME)
         write_history(self.arch_history, self.run_dir, arch.FILE_NAME)
 

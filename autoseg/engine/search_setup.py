@@ -1,4 +1,5 @@
-"""Building a search from its config: the supernet of the mode and the data it searches on."""
+"""Building a search from its config: the supernet of its space, its method and the data it
+searches on."""
 from __future__ import annotations
 
 from torch.utils.data import Dataset
@@ -7,35 +8,25 @@ from autoseg.config import SearchConfig
 from autoseg.data import dataset_task, split_in_halves
 from autoseg.engine.datasets import build_split
 from autoseg.errors import UserError
-from autoseg.search.darts_network import DartsSearchNetwork
+from autoseg.search.methods import SearchMethod, SearchSchedule, build_method
 from autoseg.search.network import SearchNetwork
-from autoseg.search.trellis_network import TrellisSearchNetwork
+from autoseg.search.spaces import build_search_network, get_space
 
-MODE_TASKS = {"cifar": "classification", "hierarchical": "segmentation"}
-"""The task of the data each search mode searches on."""
-
-
-def check_mode_and_dataset(cfg: SearchConfig) -> None:
-    """Raise unless the configured dataset has the task the search mode is for."""
-    if dataset_task(cfg.data.dataset) != MODE_TASKS[cfg.mode]:
-        raise UserError(f"dataset {cfg.data.dataset!r} does not go with search mode {cfg.mode!r}: the cifar mode "
-                        "searches on classification data (cifar10), the hierarchical mode on segmentation data "
-                        "(use the matching config)")
+__all__ = ["build_search_data", "build_search_method", "build_search_network", "check_space_and_dataset"]
 
 
-def build_search_network(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
-    """The supernet of ``cfg.mode`` for ``num_classes`` classes."""
-    m = cfg.model
-    try:
-        if cfg.mode == "cifar":
-            return DartsSearchNetwork(num_classes, m.init_channels, m.layers, m.blocks, m.multiplier,
-                                      m.stem_multiplier, m.primitives, **m.collapse_guards(),
-                                      selective_checkpoint=m.selective_checkpoint)
-        return TrellisSearchNetwork(num_classes, m.layers, m.levels, m.blocks, m.filter_multiplier, m.primitives,
-                                    m.free_first_step, m.aspp_base_rate, m.aspp_channels, m.checkpoint_cells,
-                                    **m.collapse_guards(), selective_checkpoint=m.selective_checkpoint)
-    except ValueError as exc:
-        raise UserError(f"bad model settings in the config: {exc}") from exc
+def check_space_and_dataset(cfg: SearchConfig) -> None:
+    """Raise unless the configured dataset has the task the search space is for."""
+    space = get_space(cfg.mode)
+    if dataset_task(cfg.data.dataset) != space.task:
+        raise UserError(f"dataset {cfg.data.dataset!r} does not go with search mode {cfg.mode!r} ({space.description}):"
+                        f" it searches on {space.task} data (use the matching config)")
+
+
+def build_search_method(cfg: SearchConfig, network: SearchNetwork) -> SearchMethod:
+    """The config's search method (``train.method`` with ``method_options``) on ``network``."""
+    schedule = SearchSchedule(cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.seed)
+    return build_method(cfg.train.method, cfg.method_options, network, schedule)
 
 
 def build_search_data(cfg: SearchConfig) -> tuple[Dataset, Dataset, Dataset]:
@@ -45,8 +36,9 @@ def build_search_data(cfg: SearchConfig) -> tuple[Dataset, Dataset, Dataset]:
     reports mIoU on the full-size masks of the dataset's validation split, the supernet seeing
     each image at the search scale (``data.scale``: half resolution for Cityscapes).
     """
-    train = build_split(cfg.data, "train", augment=True, transform_kind=None if cfg.mode == "cifar" else "search")
+    space = get_space(cfg.mode)
+    train = build_split(cfg.data, "train", augment=True, transform_kind=space.transform_kind)
     half_a, half_b = split_in_halves(train, seed=cfg.train.seed)
-    if cfg.mode == "cifar":
+    if space.evaluates_on_half_b:
         return half_a, half_b, half_b
     return half_a, half_b, build_split(cfg.data, "val", augment=False)

@@ -1,7 +1,10 @@
-"""From architecture parameters to a discrete architecture, without building a network.
+"""From architecture weights to a discrete architecture, without building a network: the
+magnitude rule (DARTS's top-2 edges per block by op weight, Auto-DeepLab's Viterbi path).
 
-Both the supernets and ``tools/decode.py`` call these functions, so a checkpoint decodes to
-exactly what the search wrote.
+The inputs are probabilities, not logits: the supernets turn their architecture parameters into
+them with their relaxation (:mod:`autoseg.search.relaxation`) and pass them here, and
+``tools/decode.py`` decodes through the supernet, so a checkpoint decodes to exactly what the
+search wrote.
 """
 from __future__ import annotations
 
@@ -9,16 +12,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from autoseg.architecture import NetworkArch
 from autoseg.genotype import CellGenotype, Genotype, blocks_from_edges, topk_cell
 from autoseg.search.collapse_guards import edge_normalization_weights
-from autoseg.trellis import transition_probabilities, viterbi_path
-
-
-def _softmax(logits: torch.Tensor) -> np.ndarray:
-    return F.softmax(logits.detach().float().cpu(), dim=-1).numpy()
+from autoseg.trellis import viterbi_path
 
 
 def _edge_weights(edge_betas: torch.Tensor, num_blocks: int) -> np.ndarray:
@@ -33,33 +31,34 @@ def _edge_scores(cell_weights: np.ndarray, edge_betas: torch.Tensor | None) -> n
     return cell_weights * _edge_weights(edge_betas, blocks_from_edges(len(cell_weights)))[:, None]
 
 
-def decode_darts(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primitives: Sequence[str],
+def decode_darts(normal: np.ndarray, reduce: np.ndarray, primitives: Sequence[str],
                  num_blocks: int, multiplier: int, edge_betas_normal: torch.Tensor | None = None,
                  edge_betas_reduce: torch.Tensor | None = None, *,
                  max_skip_connect: int | None = None) -> Genotype:
-    """The DARTS genotype (top-2 rule on both cell types; output concat of the last
-    ``multiplier`` states). With edge normalisation the edges are scored with their edge
+    """The DARTS genotype from the ``(num_edges, num_ops)`` op weights of the normal and the
+    reduction cell (softmax(alpha) in DARTS): top-2 rule on both cell types, output concat of the
+    last ``multiplier`` states. With edge normalisation the edges are scored with their edge
     weights; ``max_skip_connect`` caps the normal cell's ``skip_connect`` edges (P-DARTS)."""
     concat = range(2 + num_blocks - multiplier, num_blocks + 2)
 
-    def cell(alpha: torch.Tensor, edge_betas: torch.Tensor | None, cap: int | None) -> CellGenotype:
-        scores = _edge_scores(_softmax(alpha), edge_betas)
+    def cell(weights: np.ndarray, edge_betas: torch.Tensor | None, cap: int | None) -> CellGenotype:
+        scores = _edge_scores(np.asarray(weights), edge_betas)
         return CellGenotype.from_blocks(topk_cell(scores, primitives, max_skip_connect=cap), concat)
 
-    return Genotype(cell(alphas_normal, edge_betas_normal, max_skip_connect),
-                    cell(alphas_reduce, edge_betas_reduce, None))
+    return Genotype(cell(normal, edge_betas_normal, max_skip_connect),
+                    cell(reduce, edge_betas_reduce, None))
 
 
-def decode_hierarchical(alphas: torch.Tensor, betas: torch.Tensor, primitives: Sequence[str],
+def decode_hierarchical(cell_weights: np.ndarray, transitions: np.ndarray, primitives: Sequence[str],
                         filter_multiplier: int, free_first_step: bool = True, *, edge_betas: torch.Tensor | None = None,
                         max_skip_connect: int | None = None) -> NetworkArch:
-    """The Auto-DeepLab architecture: the Viterbi path through the transition probabilities
-    derived from beta, the top-2 cell from alpha, and the numbers behind both. With edge
+    """The Auto-DeepLab architecture from the cell's ``(num_edges, num_ops)`` op weights
+    (softmax(alpha)) and the ``(L, S, S)`` transition probabilities (derived from beta): the
+    Viterbi path through the transitions, the top-2 cell, and the numbers behind both. With edge
     normalisation (``edge_betas``) the cell's edges are scored with their edge weights, which
     the architecture keeps as ``edge_weights``; ``max_skip_connect`` caps the cell's
     ``skip_connect`` edges (P-DARTS) and is recorded when set."""
-    cell_weights = _softmax(alphas)
-    transitions = transition_probabilities(betas.detach().float().cpu(), free_first_step).numpy()
+    cell_weights, transitions = np.asarray(cell_weights), np.asarray(transitions)
     path = viterbi_path(transitions)
     cell = CellGenotype.from_blocks(topk_cell(_edge_scores(cell_weights, edge_betas), primitives,
                                               max_skip_connect=max_skip_connect))

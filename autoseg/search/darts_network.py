@@ -5,7 +5,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autoseg.genotype import Genotype, num_edges
@@ -15,6 +14,8 @@ from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_we
 from autoseg.search.grouped_batchnorm import convert_batchnorm, deferred_running_statistics
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
+from autoseg.sampling import sample_genotype
+from autoseg.search.relaxation import cell_choice_weights
 from autoseg.visualize import alpha_heatmap, cell_figure
 
 
@@ -108,8 +109,8 @@ class DartsSearchNetwork(SearchNetwork):
     @deferred_running_statistics()  # the batch norms' running statistics updated in a few calls at the end
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
-        normal = F.softmax(self.alphas_normal, dim=-1)
-        reduce = F.softmax(self.alphas_reduce, dim=-1)
+        normal = self.choice_weights("normal", self.relaxation.weights(self.alphas_normal, self.training))
+        reduce = self.choice_weights("reduce", self.relaxation.weights(self.alphas_reduce, self.training))
         edges_normal = edges_reduce = None
         if self.guards.edge_normalization:
             edges_normal = edge_normalization_weights(self.edge_betas_normal, self.num_blocks)
@@ -118,16 +119,31 @@ class DartsSearchNetwork(SearchNetwork):
             s0, s1 = s1, (cell(s0, s1, reduce, edges_reduce) if cell.reduction else cell(s0, s1, normal, edges_normal))
         return self.classifier(self.global_pooling(s1).flatten(1))
 
+    def cell_logits(self) -> dict[str, torch.Tensor]:
+        """alpha of the normal and of the reduction cell."""
+        return {"normal": self.alphas_normal, "reduce": self.alphas_reduce}
+
+    def architecture_weights(self, arch: Genotype) -> dict[str, torch.Tensor]:
+        """One-hot rows of the normal and the reduction cell of ``arch``."""
+        return {name: cell_choice_weights(cell, self.primitives, self.num_blocks)
+                for name, cell in (("normal", arch.normal), ("reduce", arch.reduce))}
+
+    def sample_architecture(self, rng: np.random.Generator) -> Genotype:
+        """Random normal and reduction cells (:func:`autoseg.sampling.sample_genotype`)."""
+        return sample_genotype(self.num_blocks, self.multiplier, self.primitives, rng)
+
     def arch_weights(self) -> dict[str, np.ndarray]:
-        """softmax(alpha) of each cell type, as (num_edges x num_ops) arrays."""
-        return {name: F.softmax(alpha.detach().float(), dim=-1).cpu().numpy()
-                for name, alpha in (("normal", self.alphas_normal), ("reduce", self.alphas_reduce))}
+        """The op probabilities of each cell type (softmax(alpha) in DARTS; pinned rows as pinned),
+        as (num_edges x num_ops) arrays."""
+        return {name: self.choice_weights(name, self.relaxation.probabilities(alpha.detach().float().cpu())).numpy()
+                for name, alpha in self.cell_logits().items()}
 
     def decode(self) -> Genotype:
-        """The discrete cells decoded with the DARTS top-2 rule."""
+        """The discrete cells decoded with the DARTS top-2 rule from :meth:`arch_weights`."""
         edges = ((self.edge_betas_normal, self.edge_betas_reduce) if self.guards.edge_normalization
                  else (None, None))
-        return decode_darts(self.alphas_normal, self.alphas_reduce, self.primitives, self.num_blocks,
+        weights = self.arch_weights()
+        return decode_darts(weights["normal"], weights["reduce"], self.primitives, self.num_blocks,
                             self.multiplier, *edges, max_skip_connect=self.guards.max_skip_connect)
 
     def figures(self, arch: Genotype) -> dict[str, np.ndarray]:

@@ -6,17 +6,29 @@ and beta for the trellis; updated by the architect on half B) and weights (updat
 half A). It decodes its current architecture parameters into a typed discrete architecture
 (:class:`~autoseg.genotype.Genotype` or :class:`~autoseg.architecture.NetworkArch`), draws
 them for TensorBoard, and summarises itself for ``--dry-run``.
+
+How the architecture parameters weight the choices in the forward pass is the search method's
+:class:`~autoseg.search.relaxation.Relaxation` (:attr:`SearchNetwork.relaxation`, DARTS's softmax
+until a method sets its own). Any choice can also be pinned to given weights
+(:meth:`SearchNetwork.fixed_choices`), which runs the supernet at one discrete architecture
+(:meth:`SearchNetwork.architecture_weights`) or with some edges decided.
 """
 from __future__ import annotations
 
 import abc
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
+import torch
 from torch import nn
 
 from autoseg.architecture import Architecture
+from autoseg.search.relaxation import SOFTMAX, Relaxation
 from autoseg.search.stage_recomputation import set_recomputation
+
+FixedChoice = tuple[torch.Tensor, "torch.Tensor | None"]
+"""Weights pinning a choice, and the boolean mask of the rows they pin (None: every row)."""
 
 
 class SearchNetwork(nn.Module, abc.ABC):
@@ -28,6 +40,11 @@ class SearchNetwork(nn.Module, abc.ABC):
     cell_types: tuple[str, ...]
     """The cell types, each with its own alpha: the keys of :meth:`arch_weights` that hold a
     softmax(alpha) (num_edges x num_ops)."""
+
+    relaxation: Relaxation = SOFTMAX
+    """How the architecture parameters weight the choices (set by the search method)."""
+
+    _fixed: dict[str, FixedChoice] = {}
 
     @abc.abstractmethod
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -54,6 +71,47 @@ class SearchNetwork(nn.Module, abc.ABC):
     def set_search_progress(self, fraction: float) -> None:
         """Called by the search at the start of every epoch with the fraction (0..1) of the
         search done, for what decays over a search (the collapse guards); no-op by default."""
+
+    @abc.abstractmethod
+    def cell_logits(self) -> dict[str, torch.Tensor]:
+        """The alpha of each cell type (:attr:`cell_types`), ``(num_edges, num_ops)``."""
+
+    @abc.abstractmethod
+    def architecture_weights(self, arch: Architecture) -> dict[str, torch.Tensor]:
+        """The choice weights that run this supernet at ``arch`` (one-hot rows), by choice name,
+        for :meth:`fixed_choices`."""
+
+    @abc.abstractmethod
+    def sample_architecture(self, rng: np.random.Generator) -> Architecture:
+        """An architecture of this supernet's space drawn uniformly (:mod:`autoseg.sampling`)."""
+
+    def choice_weights(self, name: str, weights: torch.Tensor) -> torch.Tensor:
+        """``weights`` of choice ``name`` from the relaxation, with the rows pinned by
+        :meth:`fixed_choices` replaced."""
+        fixed = self._fixed.get(name)
+        if fixed is None:
+            return weights
+        values, rows = fixed
+        values = values.to(device=weights.device, dtype=weights.dtype)
+        return values if rows is None else torch.where(rows.to(weights.device).unsqueeze(-1), values, weights)
+
+    def pin_choices(self, fixed: dict[str, FixedChoice]) -> None:
+        """From now on, weight choice ``name`` by ``fixed[name]`` (see :meth:`fixed_choices`);
+        an empty mapping unpins every choice."""
+        self._fixed = dict(fixed)
+
+    @contextmanager
+    def fixed_choices(self, fixed: dict[str, FixedChoice]) -> Iterator[None]:
+        """Within this block, choice ``name`` is weighted by ``fixed[name]`` (weights and the rows
+        they pin, None for all) instead of the relaxation, e.g. with
+        ``{name: (w, None) for name, w in self.architecture_weights(arch).items()}`` the supernet
+        computes the network ``arch``."""
+        before = self._fixed
+        self._fixed = {**before, **fixed}
+        try:
+            yield
+        finally:
+            self._fixed = before
 
     @abc.abstractmethod
     def decode(self) -> Architecture:

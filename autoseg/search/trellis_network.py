@@ -47,6 +47,8 @@ from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_we
 from autoseg.search.grouped_batchnorm import batch_groups, convert_batchnorm, deferred_running_statistics
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
+from autoseg.sampling import sample_network_arch
+from autoseg.search.relaxation import cell_choice_weights, path_transition_weights
 from autoseg.search.node_recomputation import recomputed_in_backward
 from autoseg.trellis import predecessors, transition_probabilities, trellis_nodes
 from autoseg.visualize import alpha_heatmap, cell_figure, trellis_figure
@@ -200,15 +202,32 @@ class TrellisSearchNetwork(SearchNetwork):
         self.guards.set_progress(fraction)
 
     def transition_probabilities(self) -> torch.Tensor:
-        """The (L, S, S) transition probabilities derived from beta."""
-        return transition_probabilities(self.betas, self.free_first_step)
+        """The (L, S, S) transition probabilities derived from beta (the relaxation's distribution)."""
+        return transition_probabilities(self.betas, self.free_first_step, self.relaxation.probabilities)
+
+    def transition_weights(self) -> torch.Tensor:
+        """The (L, S, S) transition weights of the forward pass (the relaxation's, or pinned)."""
+        weights = transition_probabilities(self.betas, self.free_first_step,
+                                           lambda logits: self.relaxation.weights(logits, self.training))
+        return self.choice_weights("transitions", weights)
+
+    def cell_logits(self) -> dict[str, torch.Tensor]:
+        """alpha, shared by every cell."""
+        return {"cell": self.alphas}
+
+    def architecture_weights(self, arch: NetworkArch) -> dict[str, torch.Tensor]:
+        """One-hot rows of the cell of ``arch`` and one-hot transitions along its path."""
+        if len(arch.path) != self.num_layers:
+            raise ValueError(f"the architecture has {len(arch.path)} layers, the supernet {self.num_layers}")
+        return {"cell": cell_choice_weights(arch.cell, self.primitives, self.num_blocks),
+                "transitions": path_transition_weights(arch.path, self.num_levels)}
 
     @deferred_running_statistics()  # the batch norms' running statistics updated in a few calls at the end
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cell_weights = F.softmax(self.alphas, dim=-1)
+        cell_weights = self.choice_weights("cell", self.relaxation.weights(self.alphas, self.training))
         edge_weights = (edge_normalization_weights(self.edge_betas, self.num_blocks)
                         if self.guards.edge_normalization else None)
-        probs = self.transition_probabilities()
+        probs = self.transition_weights()
         states: dict[tuple[int, int], torch.Tensor] = {(-1, 0): self.stem(x)}
         sizes = {0: states[(-1, 0)].shape[-2:]}
         for level in range(1, self.num_levels):
@@ -236,14 +255,24 @@ class TrellisSearchNetwork(SearchNetwork):
             logits = out if logits is None else logits + out
         return logits
 
+    def sample_architecture(self, rng: np.random.Generator) -> NetworkArch:
+        """A random cell and a uniform path (:func:`autoseg.sampling.sample_network_arch`)."""
+        return sample_network_arch(self.num_layers, self.num_levels, self.num_blocks, self.primitives, rng,
+                                   self.filter_multiplier, self.free_first_step)
+
     def arch_weights(self) -> dict[str, np.ndarray]:
-        """softmax(alpha) (num_edges x num_ops) and the transition probabilities (L x S x S)."""
-        return {"cell": F.softmax(self.alphas.detach().float(), dim=-1).cpu().numpy(),
-                "transitions": self.transition_probabilities().detach().float().cpu().numpy()}
+        """The op probabilities (softmax(alpha) in DARTS, num_edges x num_ops) and the transition
+        probabilities (L x S x S), pinned rows as pinned."""
+        probabilities = self.relaxation.probabilities
+        transitions = transition_probabilities(self.betas.detach().float().cpu(), self.free_first_step, probabilities)
+        return {"cell": self.choice_weights("cell", probabilities(self.alphas.detach().float().cpu())).numpy(),
+                "transitions": self.choice_weights("transitions", transitions).numpy()}
 
     def decode(self) -> NetworkArch:
-        """The discrete architecture: Viterbi path, top-2 cell, and the numbers behind them."""
-        return decode_hierarchical(self.alphas, self.betas, self.primitives, self.filter_multiplier,
+        """The discrete architecture: Viterbi path, top-2 cell (from :meth:`arch_weights`), and the
+        numbers behind them."""
+        weights = self.arch_weights()
+        return decode_hierarchical(weights["cell"], weights["transitions"], self.primitives, self.filter_multiplier,
                                    self.free_first_step,
                                    edge_betas=self.edge_betas if self.guards.edge_normalization else None,
                                    max_skip_connect=self.guards.max_skip_connect)

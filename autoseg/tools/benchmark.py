@@ -4,12 +4,14 @@
     autoseg benchmark --mode hierarchical --crop-size 321 --device cuda --amp        # bfloat16
     autoseg benchmark --mode hierarchical --crop-size 321 --device cuda --amp fp16   # V100, T4
     autoseg benchmark --mode cifar --batch-size 64
+    autoseg benchmark --mode hierarchical --crop-size 65 --method gdas   # another search method's steps
     autoseg benchmark --mode retrain --arch autodeeplab-paper --filter-multiplier 4 --crop-size 64 --compile
 
 Random inputs of the given size; the sizes default to each mode's paper setting. Prints one
 JSON line: the setting, the weight parameter count, the median seconds of a weight step
-(forward, backward, SGD) and of an architecture step (first order, or second order with
---unrolled), the peak memory (CUDA max allocated, or the process's peak RSS on CPU), and the
+(forward, backward, SGD) and of an architecture step of the search method ``--method`` (DARTS:
+first order, or second order with --unrolled; none for a method that learns no architecture
+parameter), the peak memory (CUDA max allocated, or the process's peak RSS on CPU), and the
 activations one forward pass saves for backward (``saved_activations_mb``: device-independent,
 so a CPU run tells how much GPU memory the activations of a setting take; with checkpointing,
 what the checkpoints keep), and the ATen ops one weight step dispatches, views excluded
@@ -45,7 +47,7 @@ from autoseg.engine.search_setup import build_search_network
 from autoseg.models.spec import build_model, model_spec
 from autoseg.precision import autocast, check_amp, grad_scaler, scaled_step
 from autoseg.profiling import kernel_ops, saved_activation_bytes
-from autoseg.search.architect import Architect
+from autoseg.search.methods import SEARCH_METHODS, SearchSchedule, UpdateTools, build_method
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_amp_argument(p)
     add_compile_argument(p, off_switch=False)
-    p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step")
+    p.add_argument("--method", choices=list(SEARCH_METHODS), default="darts",
+                   help="search method whose steps to time (default darts; its default settings)")
+    p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step (darts)")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cells in backward (hierarchical)")
     p.add_argument("--selective-checkpoint", action="store_true",
                    help="recompute the ReLUs and depthwise convs of the cells in backward (exact, less memory)")
@@ -207,29 +211,33 @@ def main(argv: list[str] | None = None) -> dict:
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4, foreach=True)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-3, weight_decay=1e-3)
     w_scaler = grad_scaler(device, args.amp)
-    architect = Architect(model, criterion, a_opt, w_opt, unrolled=args.unrolled,
-                          scaler=grad_scaler(device, args.amp), forward=forward)
+    method = build_method(args.method, {"unrolled": True} if args.unrolled else {}, model,
+                          SearchSchedule(epochs=50, warmup_epochs=0, seed=0))
+    method.prepare(UpdateTools(criterion, a_opt, w_opt, grad_scaler(device, args.amp), None, forward))
     inputs = torch.randn(batch, 3, size, size, device=device)
     target = (torch.randint(0, classes, (batch, size, size)) if hierarchical
               else torch.randint(0, classes, (batch,))).to(device)
+    step_number = iter(range(1_000_000))
 
     def weight_step() -> None:
         w_opt.zero_grad(set_to_none=True)
-        with autocast(device, args.amp):
+        with method.weight_step(next(step_number)), autocast(device, args.amp):
             loss = criterion(forward(inputs).float(), target)
         scaled_step(loss, w_opt, w_scaler, model.weight_parameters(), grad_clip=None)
 
     def arch_step() -> None:
         with autocast(device, args.amp):
-            architect.step((inputs, target), (inputs, target), 0.025)
+            loss, grads = method.architecture_gradient((inputs, target), (inputs, target), 0.025)
+        method.apply(grads)
 
-    machine, timings, peak = time_steps(args, device, {"weight_step_s": weight_step, "arch_step_s": arch_step})
+    steps = {"weight_step_s": weight_step, **({"arch_step_s": arch_step} if method.updates_architecture(0) else {})}
+    machine, timings, peak = time_steps(args, device, steps)
     # one more weight step, after the timed ones (not with --compile: the counting mode would retrace)
     ops = kernel_ops(weight_step) if args.steps and not setting else None
-    with autocast(device, args.amp):
+    with method.weight_step(0), autocast(device, args.amp):
         saved = saved_activation_bytes(lambda: criterion(model(inputs).float(), target))
     result = {"mode": args.mode, "device": device.type, "machine": machine, "amp": args.amp, "compile": setting,
-              "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells,
+              "method": args.method, "unrolled": args.unrolled, "checkpoint_cells": args.checkpoint_cells,
               "selective_checkpoint": args.selective_checkpoint,
               "partial_channels": args.partial_channels, "batch_size": batch,
               "crop_size": size, **({"filter_multiplier": model_cfg.filter_multiplier, "levels": args.levels}
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
               "params": sum(p.numel() for p in model.weight_parameters()), **timings, **peak,
               "saved_activations_mb": round(saved / 2**20, 1),
               "paper_search_hours": paper_search_hours(args.mode, model_cfg, size, batch, timings["weight_step_s"],
-                                                       timings["arch_step_s"]),
+                                                       timings.get("arch_step_s", 0.0)),
               "kernel_ops": sum(ops.values()) if ops is not None else None,
               **({"kernel_ops_top": dict(ops.most_common(args.kernel_ops_top))}
                  if ops is not None and args.kernel_ops_top else {}),

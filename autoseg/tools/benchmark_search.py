@@ -29,10 +29,10 @@ from autoseg.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from autoseg.engine.trained import TrainedModelMeta
 from autoseg.errors import UserError
 from autoseg.files import read_json, write_json
-from autoseg.genotype import Genotype
 from autoseg.models import count_parameters
 from autoseg.models.spec import build_model
 from autoseg.sampling import sample_architectures
+from autoseg.search.spaces import get_space
 from autoseg.search_quality import compare_groups, results_markdown
 from autoseg.tools import retrain as retrain_tool
 from autoseg.tools import search as search_tool
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run = out / f"searched_{k}"
         print(f"== search {k + 1}/{args.searches} (seed {k}): {run / 'search'}", flush=True)
         ensure_run(search_tool.main, [*search_argv, "--seed", str(k)], run / "search", args.max_steps)
-        arch_file = run / "search" / (NetworkArch if search_config.mode == "hierarchical" else Genotype).FILE_NAME
+        arch_file = run / "search" / get_space(search_config.mode).architecture.FILE_NAME
         print(f"== retrain searched_{k}: {run / 'retrain'}", flush=True)
         ensure_run(retrain_tool.main, [*retrain_argv, "--arch", str(arch_file)], run / "retrain", args.max_steps)
         rows.append(architecture_row(f"searched_{k}", "searched", arch_file, run / "retrain"))

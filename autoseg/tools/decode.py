@@ -3,9 +3,10 @@
     autoseg decode runs/search/<run>            # or a checkpoint .pt file
     autoseg decode runs/search/<run> --epoch 20 # the architecture decoded at the end of epoch 20
 
-Rebuilds the search's supernet from the checkpoint's config, loads its architecture
-parameters and decodes them with the same code the search uses, so it reproduces the search's
-file exactly. Hierarchical runs: writes arch.json (Viterbi path, top-2 cell, F, B, L, op set,
+Rebuilds the search's supernet and search method from the checkpoint's config, loads its
+architecture parameters and the method's state and decodes them with the same code the search
+uses, so it reproduces the search's file exactly (a method whose selection rule evaluates the
+supernet on data gives the architecture it last selected). Hierarchical runs: writes arch.json (Viterbi path, top-2 cell, F, B, L, op set,
 the per-step probabilities, and the parameters and Multi-Adds of the decoded network at the
 search's input size); CIFAR runs: genotype.json. Also writes the search's figures as PNGs
 (arch_trellis.png and arch_cell.png, or a cell picture per cell type) and prints the
@@ -23,10 +24,10 @@ from pathlib import Path
 
 from autoseg.config import SearchConfig, from_dict
 from autoseg.engine.checkpoint import load_checkpoint
-from autoseg.engine.search_setup import build_search_network
+from autoseg.engine.search_setup import build_search_method, build_search_network
 from autoseg.engine.task import build_task
 from autoseg.errors import UserError
-from autoseg.expected_cost import build_trellis_cost, decode_with_cost
+from autoseg.expected_cost import build_trellis_cost, with_cost
 from autoseg.files import write_json
 from autoseg.genotype import Genotype
 from autoseg.models.spec import build_model, model_spec
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     num_classes = build_task(cfg.data.dataset, cfg.data.num_classes).num_classes
     network = build_search_network(cfg, num_classes)
     network.load_state_dict(state["model"])
-    arch = decode_with_cost(network, build_trellis_cost(cfg, num_classes))
+    method = build_search_method(cfg, network)
+    method.load_state_dict(state.get("method", {}))
+    arch = with_cost(method.select(None), build_trellis_cost(cfg, num_classes))
     out.mkdir(parents=True, exist_ok=True)
     write_json(arch.to_dict(), out / arch.FILE_NAME)
     written = [arch.FILE_NAME]

@@ -1,0 +1,81 @@
+"""GDAS (Dong & Yang, "Searching for A Robust Neural Architecture in Four GPU Hours", CVPR 2019):
+every forward pass in training samples one choice per row (one op per edge, one move per trellis
+node) with the Gumbel-max trick, and the architecture gradient flows through the Gumbel-softmax
+at temperature tau (straight-through: one-hot in the forward pass, the softmax's gradient in the
+backward pass); tau decays linearly from ``tau_max`` to ``tau_min`` over the search (the paper:
+10 to 0.1). Updates are first order, decoding by magnitude as in DARTS.
+
+In autoseg the sampled one-hot weights go through the same mixed ops as DARTS's, so every
+candidate op is still computed and each gets the straight-through gradient of its own output
+(the estimator of Jang et al., "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017);
+GDAS's own code computes the sampled op only, which is cheaper and gives the other ops a
+coarser gradient. In eval mode the supernet uses the most probable choice of every row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from autoseg.config import Bounds
+from autoseg.search.methods.base import Evaluator, GradientMethod, SearchSchedule
+from autoseg.search.network import SearchNetwork
+from autoseg.search.relaxation import Relaxation
+
+
+class GumbelRelaxation(Relaxation):
+    """Hard Gumbel-softmax samples at temperature :attr:`tau` in training, the argmax in eval."""
+
+    def __init__(self, tau: float):
+        self.tau = tau
+
+    def weights(self, logits: torch.Tensor, training: bool) -> torch.Tensor:
+        """A one-hot row per row of ``logits`` (a Gumbel-max sample in training, the argmax in
+        eval) carrying the gradient of the Gumbel-softmax at :attr:`tau` (training)."""
+        if not training:
+            return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        gumbels = -torch.empty_like(logits).exponential_().log()
+        soft = F.softmax((F.log_softmax(logits, dim=-1) + gumbels) / self.tau, dim=-1)
+        hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+        return hard - soft.detach() + soft
+
+
+@dataclass
+class GdasSettings:
+    """``tau_max`` and ``tau_min``: the Gumbel-softmax temperature of the first and of the last
+    epoch, decayed linearly in between (GDAS: 10 and 0.1)."""
+
+    tau_max: float = 10.0
+    tau_min: float = 0.1
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {"tau_max": Bounds(0, low_open=True), "tau_min": Bounds(0, low_open=True)}
+
+
+class Gdas(GradientMethod):
+    """GDAS; see the module docstring."""
+
+    name = "gdas"
+    reference = "Dong & Yang, Searching for A Robust Neural Architecture in Four GPU Hours, CVPR 2019"
+    Settings = GdasSettings
+
+    def __init__(self, settings: GdasSettings, network: SearchNetwork, schedule: SearchSchedule):
+        self.relaxation = GumbelRelaxation(settings.tau_max)
+        super().__init__(settings, network, schedule)
+
+    def check(self) -> str | None:
+        """tau must not grow over the search."""
+        if self.settings.tau_min > self.settings.tau_max:
+            return (f"tau_min ({self.settings.tau_min:g}) is above tau_max ({self.settings.tau_max:g}): the "
+                    "temperature decays from tau_max to tau_min, swap them")
+        return None
+
+    def temperature(self, epoch: int) -> float:
+        """tau of epoch ``epoch``: ``tau_max`` at the first epoch, ``tau_min`` at the last."""
+        s = self.settings
+        return s.tau_max - (s.tau_max - s.tau_min) * epoch / max(self.schedule.epochs - 1, 1)
+
+    def start_epoch(self, epoch: int, evaluate: Evaluator) -> None:
+        """Set this epoch's temperature."""
+        self.relaxation.tau = self.temperature(epoch)

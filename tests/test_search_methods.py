@@ -1,0 +1,247 @@
+"""Search methods as plug-ins (autoseg.search.methods): the darts method reproduces the search as
+it was before methods were plug-ins, every registered method honours the contract, and settings
+are checked."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import assert_same, write_tiny_cifar_search_config, write_tiny_search_config
+from darts_reference import REFERENCE_FILE, SEARCHES, run_reference_search
+
+from autoseg.config import SearchConfig, from_dict
+from autoseg.engine.checkpoint import load_checkpoint
+from autoseg.errors import UserError
+from autoseg.search.darts_network import DartsSearchNetwork
+from autoseg.search.methods import SEARCH_METHODS, SearchSchedule, build_method, list_methods, method_settings
+from autoseg.search.methods.gdas import Gdas, GdasSettings, GumbelRelaxation
+from autoseg.search.trellis_network import TrellisSearchNetwork
+
+REFERENCE = torch.load(REFERENCE_FILE, weights_only=False)
+
+
+def _same_or_close(expected: torch.Tensor, actual: torch.Tensor, exact: bool) -> bool:
+    return torch.equal(expected, actual) if exact else torch.allclose(expected, actual, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SEARCHES)
+def test_darts_method_reproduces_the_search_before_methods_were_plug_ins(name, tmp_path):
+    """Weights, alpha, beta, Adam's state and the architecture file of a short search equal those
+    recorded with the code before the plug-ins (bit for bit on a CPU with the same kernels)."""
+    reference = REFERENCE[name]
+    now = run_reference_search(name, tmp_path)
+    exact = reference["cpu"] == now["cpu"]  # another CPU's kernels may round differently
+    assert now["model"].keys() == reference["model"].keys()
+    differing = [key for key, value in reference["model"].items() if not _same_or_close(value, now["model"][key], exact)]
+    assert not differing, differing
+    for expected, actual in zip(reference["a_optimizer"]["state"].values(), now["a_optimizer"]["state"].values()):
+        assert all(_same_or_close(expected[k], actual[k], exact) for k in ("exp_avg", "exp_avg_sq"))
+    if exact:
+        assert now["arch_file"] == reference["arch_file"]
+
+
+def test_train_unrolled_of_earlier_configs_is_the_darts_methods_setting(tmp_path):
+    config = yaml.safe_load(write_tiny_search_config(tmp_path / "a.yaml").read_text())
+    config["train"]["unrolled"] = True
+    loaded = from_dict(SearchConfig, config)
+    assert loaded.train.method == "darts" and loaded.method_options == {"unrolled": True}
+    assert method_settings("darts", loaded.method_options).unrolled is True
+    config["train"]["unrolled"] = False
+    assert from_dict(SearchConfig, config).method_options == {}
+    config["train"].update(unrolled=True, method="gdas")
+    with pytest.raises(UserError, match="train.unrolled is a setting of the darts method"):
+        from_dict(SearchConfig, config)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"unroled": True}, "unknown key"),
+    ({"unrolled": "yes"}, "must be true or false"),
+    ({"fd_epsilon": 0}, "fd_epsilon must be above 0"),
+])
+def test_bad_method_options_are_one_user_error_naming_the_key(options, message):
+    with pytest.raises(UserError, match=message):
+        method_settings("darts", options)
+
+
+def test_an_unknown_method_lists_the_registered_ones(tool, tmp_path):
+    config = write_tiny_search_config(tmp_path / "a.yaml", method="dartz")
+    with pytest.raises(UserError, match="unknown search method 'dartz'; registered methods: darts"):
+        tool("search")(["--config", str(config), "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_search_help_lists_every_registered_method(capsys, tool):
+    with pytest.raises(SystemExit):
+        tool("search")(["--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in list_methods())
+
+
+# -- every registered method, in every search space ---------------------------------------------
+
+CONTRACT_OPTIONS = {"darts_pt": {"interval": 0.125, "eval_batches": 1},
+                    "random_ws": {"candidates": 3, "eval_batches": 1}}
+"""Settings that fit a method into the contract test's 2 epochs of 4 steps (none: its defaults)."""
+
+
+def _method_config(tmp_path: Path, method: str, space: str) -> Path:
+    """A tiny search of ``space`` (2 epochs of 4 steps, no warm-up) with ``method``."""
+    path = (write_tiny_search_config(tmp_path / "tiny.yaml") if space == "hierarchical"
+            else write_tiny_cifar_search_config(tmp_path))
+    config = yaml.safe_load(path.read_text())
+    config["train"].update(epochs=2, warmup_epochs=0, method=method)
+    config["method_options"] = CONTRACT_OPTIONS.get(method, {})
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("space", ["hierarchical", "cifar"])
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_searches_and_decodes_in_every_space(method, space, tool, tmp_path):
+    """A short search writes its architecture, and `autoseg decode` of the checkpoint gives the same."""
+    config = _method_config(tmp_path, method, space)
+    written = tool("search")(["--config", str(config), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    name = "arch.json" if space == "hierarchical" else "genotype.json"
+    assert json.loads((tmp_path / "run" / name).read_text()) == written
+    assert tool("decode")([str(tmp_path / "run"), "--out", str(tmp_path / "decoded")]) == written
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_resumes_a_stopped_search_bit_for_bit(method, tool, tmp_path):
+    config = _method_config(tmp_path, method, "hierarchical")
+    search = tool("search")
+    search(["--config", str(config), "--out", str(tmp_path / "full"), "--device", "cpu"])
+    search(["--config", str(config), "--out", str(tmp_path / "cut"), "--device", "cpu", "--max-steps", "6"])
+    search(["--resume", str(tmp_path / "cut")])
+    assert_same(load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut"))
+    assert (tmp_path / "cut" / "arch.json").read_text() == (tmp_path / "full" / "arch.json").read_text()
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_documents_its_paper_and_default_settings(method):
+    cls = SEARCH_METHODS[method]
+    assert cls.name == method and cls.reference and cls.__doc__ and cls.Settings.__doc__
+    method_settings(method, {})  # the defaults are within their own ranges
+
+
+# -- the relaxations and selection rules on constructed inputs ----------------------------------
+
+def test_gumbel_relaxation_is_one_hot_forward_with_the_softmax_gradient():
+    """GDAS: the forward weights are a one-hot sample; the gradient is that of the Gumbel-softmax
+    with the same noise (straight-through), computed here by autograd on the soft weights."""
+    logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(6, 5, dtype=torch.float64)
+    relaxation = GumbelRelaxation(tau=0.7)
+    torch.manual_seed(3)
+    weights = relaxation.weights(logits, training=True)
+    assert torch.allclose(weights.detach(), torch.nn.functional.one_hot(weights.detach().argmax(-1), 5).double())
+    (grad,) = torch.autograd.grad((weights * probe).sum(), logits)
+    torch.manual_seed(3)
+    gumbels = -torch.empty_like(logits).exponential_().log()
+    soft = torch.softmax((torch.log_softmax(logits, -1) + gumbels) / 0.7, -1)
+    assert torch.equal(weights.detach().argmax(-1), soft.argmax(-1))  # the sample is the Gumbel-max one
+    (expected,) = torch.autograd.grad((soft * probe).sum(), logits)
+    assert torch.allclose(grad, expected)
+    eval_weights = relaxation.weights(logits, training=False)
+    assert torch.equal(eval_weights.argmax(-1), logits.argmax(-1)) and eval_weights.sum() == 6
+
+
+def test_gumbel_samples_follow_the_softmax_distribution():
+    """The Gumbel-max trick draws choice k with probability softmax(logits)[k]."""
+    logits = torch.tensor([[0.5, -1.0, 2.0, 0.0]]).expand(20000, 4)
+    torch.manual_seed(0)
+    counts = GumbelRelaxation(tau=5.0).weights(logits, training=True).detach().sum(0)
+    expected = torch.softmax(logits[0], -1) * 20000
+    assert torch.all((counts - expected).abs() < 4 * expected.sqrt())  # within 4 standard deviations
+
+
+def test_gdas_temperature_decays_linearly_from_tau_max_to_tau_min():
+    net = TrellisSearchNetwork(3, layers=2, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8)
+    gdas = Gdas(GdasSettings(), net, SearchSchedule(epochs=5, warmup_epochs=0, seed=0))
+    assert net.relaxation is gdas.relaxation
+    assert [gdas.temperature(e) for e in range(5)] == pytest.approx([10.0, 7.525, 5.05, 2.575, 0.1])
+    with pytest.raises(UserError, match="tau_min .* is above tau_max"):
+        build_method("gdas", {"tau_min": 20.0}, net, SearchSchedule(5, 0, 0))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_architecture_weights_run_the_supernet_at_the_architecture_they_encode(seed):
+    """Pinned to a sampled architecture, the supernet decodes to that architecture, and its output
+    does not depend on the architecture parameters any more."""
+    torch.manual_seed(seed)
+    for net in (TrellisSearchNetwork(3, layers=3, levels=3, blocks=2, filter_multiplier=2, aspp_channels=8),
+                DartsSearchNetwork(10, init_channels=4, layers=3, num_blocks=2, multiplier=2)):
+        arch = net.sample_architecture(np.random.default_rng(seed))
+        net.eval()
+        x = torch.randn(2, 3, 32, 32)
+        with net.fixed_choices({name: (w, None) for name, w in net.architecture_weights(arch).items()}):
+            decoded = net.decode()
+            before = net(x)
+            with torch.no_grad():
+                for p in net.arch_parameters():
+                    p.add_(torch.randn_like(p))
+            assert torch.equal(before, net(x))
+        assert (decoded.path, decoded.cell) == (arch.path, arch.cell) if hasattr(arch, "path") else decoded == arch
+
+
+def test_random_ws_trains_a_fresh_architecture_per_step_and_selects_the_best_candidate():
+    net = TrellisSearchNetwork(3, layers=3, levels=3, blocks=2, filter_multiplier=2, aspp_channels=8)
+    method = build_method("random_ws", {"candidates": 6, "eval_batches": 1}, net, SearchSchedule(2, 0, seed=4))
+    assert not method.updates_architecture(0)
+    with method.weight_step(0):
+        first = net.decode()
+    with method.weight_step(1):
+        second = net.decode()
+    with method.weight_step(0):
+        assert net.decode() == first  # the draw of a step depends on the seed and the step only
+    assert first != second
+    # a constructed score: the number of cell edges that are sep_conv_3x3 plus the last level reached
+    sep = net.primitives.index("sep_conv_3x3")
+
+    def score(batches):
+        weights = net.arch_weights()
+        return float(weights["cell"][:, sep].sum() + weights["transitions"][-1].sum(0).argmax())
+
+    candidates = [method.draw(1, i) for i in range(6)]
+    best = max(candidates, key=lambda a: sum(op == "sep_conv_3x3" for b in a.cell.blocks for op, _ in b) + a.path[-1])
+    assert method.select(score) == best
+    assert method.select(None) == best and method.state_dict()["selected"] == best.to_dict()
+
+
+def test_darts_pt_keeps_the_op_whose_removal_hurts_most_not_the_largest_alpha():
+    """A constructed supernet score: each op of each edge contributes weight * value. Masking op o
+    of edge e loses w[e, o] * v[e, o], so DARTS-PT keeps argmax_o w * v, where the magnitude rule
+    keeps argmax_o w; topology projection keeps the two edges of a block with the largest sum."""
+    torch.manual_seed(0)
+    net = DartsSearchNetwork(10, init_channels=4, layers=3, num_blocks=2, multiplier=2)
+    with torch.no_grad():
+        net.alphas_normal.copy_(torch.randn_like(net.alphas_normal))
+        net.alphas_reduce.copy_(torch.randn_like(net.alphas_reduce))
+    values = {name: torch.rand(5, 8) for name in net.cell_types}
+    values["normal"][:, 0] = 0  # none contributes nothing
+
+    def score(batches):
+        weights = net.arch_weights()
+        return float(sum((torch.as_tensor(weights[name]) * values[name]).sum() for name in net.cell_types))
+
+    method = build_method("darts_pt", {"interval": 1.0}, net, SearchSchedule(epochs=10, warmup_epochs=0, seed=0))
+    assert method.first_projection_epoch == 3 and not method.updates_architecture(3) and method.updates_architecture(2)
+    probabilities = {name: torch.softmax(alpha.detach(), -1) for name, alpha in net.cell_logits().items()}
+    method.start_epoch(3 + method.edges - 1, score)  # every op projection is due
+    assert method.steps_done == method.edges
+    for name in net.cell_types:
+        contribution = probabilities[name] * values[name]
+        contribution[:, 0] = -1  # never none
+        assert method.ops[name] == contribution.argmax(-1).tolist()
+    method.start_epoch(9, score)  # the topology projections
+    genotype = net.decode()
+    for name in net.cell_types:
+        kept = torch.tensor([values[name][e, op] for e, op in enumerate(method.ops[name])])  # one-hot rows now
+        expected = [sorted(sorted(range(2 + b), key=lambda j: -kept[b * (b + 3) // 2 + j])[:2]) for b in range(2)]
+        assert [sorted(state for _, state in block) for block in getattr(genotype, name).blocks] == expected
+    with pytest.raises(UserError, match="use at least 37 epochs"):
+        build_method("darts_pt", {}, net, SearchSchedule(epochs=10, warmup_epochs=1, seed=0))
