@@ -276,7 +276,7 @@ def _torchrun(device: torch.device, section: Section, work: Path) -> dict[str, A
 def _profile(device: torch.device, section: Section, work: Path) -> dict[str, Any]:
     from autoseg.tools import profile_model
     height, width = section.settings["size"]
-    return {name: {key: report[key] for key in ("params", "madds", "latency_ms", "peak_memory_mb", "memory")
+    return {name: {key: report[key] for key in ("params", "madds", "latency_s", "peak_memory_bytes", "memory")
                    if key in report}
             for name in section.settings["models"]
             for report in [profile_model.main([name, "--device", device.type, "--size", str(height), str(width),
