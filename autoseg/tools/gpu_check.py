@@ -358,13 +358,15 @@ def goals(records: list[dict[str, Any]], memory_mb: float | None, peer_weight_st
                  None if share is None else f"{peak:,.0f} MB of {memory_mb:,.0f} MB ({share:.0%})",
                  None if share is None else share <= MEMORY_GOAL_SHARE),
             goal("paper-size weight step against the peer implementation's on the same card",
-                 f"<= {PEER_GOAL_RATIO}x", None if ratio is None else f"{step} s / {peer_weight_step_s} s = {ratio:.2f}x",
+                 f"<= {PEER_GOAL_RATIO}x",
+                 None if ratio is None else f"{step} s / {peer_weight_step_s} s = {ratio:.2f}x",
                  None if ratio is None else ratio <= PEER_GOAL_RATIO)]
 
 
 # ----------------------------------------------------------------------------- the summary
 
-_FIGURES = {"weight_step_s": "weight step s", "arch_step_s": "arch step s", "first_weight_step_s": "first weight step s",
+_FIGURES = {"weight_step_s": "weight step s", "arch_step_s": "arch step s",
+            "first_weight_step_s": "first weight step s",
             "peak_memory_mb": "peak MB", "saved_activations_mb": "saved activations MB",
             "paper_search_hours": "paper search h", "train_step_s": "train step s"}
 
