@@ -7,8 +7,8 @@ gradient (weights, alpha, beta) and every batch-norm running statistic, group by
 the weight gradients, the architecture gradients, the statistics). The error of a group is
 ``||other - reference|| / ||reference||`` over all its entries; a check reports the largest error
 over the groups, the group it occurs in, its tolerance and whether it is within it. The float32
-references run without TF32 (on a GPU cuDNN would otherwise round convolution inputs to 10 bits). ``autoseg gpu_check`` runs these on the GPU; the ``cuda``
-tests assert them.
+references run without TF32 (on a GPU cuDNN would otherwise round convolution inputs to 10 bits).
+``autoseg gpu_check`` runs these on the GPU; the ``cuda`` tests assert them.
 """
 from __future__ import annotations
 
