@@ -17,6 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `fakes`
 from fakes import write_fake_cifar10  # noqa: E402  (found through the line above)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, with their reason, where no CUDA device is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none is visible); run on a GPU with python -m pytest -m cuda")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def load_tool(name: str) -> Any:
     """The module of tool ``name`` (``autoseg.tools.<name>``, what ``autoseg <name>`` runs)."""
     return importlib.import_module(f"autoseg.tools.{name}")

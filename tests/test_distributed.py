@@ -171,3 +171,20 @@ def test_a_two_process_retrain_evaluates_like_one_process(tmp_path, tool):
     assert evaluated["images"] == 5
     assert evaluated["miou"] == pytest.approx(last["miou"], abs=1e-6)
     assert evaluated["pixel_acc"] == pytest.approx(last["pixel_acc"], abs=1e-6)
+
+
+def test_a_one_process_torchrun_launch_joins_a_process_group(monkeypatch):
+    # torchrun --nproc_per_node 1 sets WORLD_SIZE=1: the run still goes through the process group (NCCL on a
+    # GPU, which is how one GPU exercises it), where a plain start stays a single process without one
+    from autoseg.engine import distributed
+    from autoseg.process import is_distributed
+    assert distributed.setup("cpu") == torch.device("cpu") and not is_distributed()
+    for name, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29517"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        distributed.setup("cpu")
+        assert is_distributed() and dist.get_backend() == "gloo" and dist.get_world_size() == 1
+    finally:
+        distributed.teardown()
+    assert not is_distributed()

@@ -37,7 +37,7 @@ def setup(device_name: str) -> torch.device:
     processes use Gloo.
     """
     device = resolve_device(device_name)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+    if "WORLD_SIZE" not in os.environ or is_distributed():  # torchrun sets it, also for one process
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
