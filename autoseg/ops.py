@@ -1,10 +1,12 @@
 """Candidate operations of the cell search space, in one registry.
 
 The eight DARTS candidates are defined as in the reference DARTS code (see docs/DESIGN.md
-§1). Ops are grouped in *families*: ``"darts"`` holds the reference definitions used
-by both search spaces and by the DARTS evaluation network; other families (for example the
-official Auto-DeepLab retrain ops, registered by :mod:`autoseg.models.autodeeplab`) reuse the
-same names with other definitions. A new op is one :func:`register_op` entry.
+§1). Ops are grouped in *families*: ``"darts"`` (:data:`BASE_FAMILY`) holds the reference
+definitions used by both search spaces and by the DARTS evaluation network; another family (for
+example the official Auto-DeepLab retrain ops, registered by :mod:`autoseg.models.autodeeplab`)
+overrides some of them with other definitions and takes every other op from the base family. A
+new op is one :func:`register_op` entry in the base family: it is then searched, decoded and
+retrained in every family.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ OpFactory = Callable[[int, int, bool], nn.Module]
 """Builds an op from ``(channels, stride, affine)``; the op keeps the channel count."""
 
 _OPS: dict[str, dict[str, OpFactory]] = {}
+
+BASE_FAMILY = "darts"
+"""The family every other family falls back to for the ops it does not define itself."""
 
 PRIMITIVES: tuple[str, ...] = (
     "none",
@@ -45,22 +50,28 @@ def register_op(name: str, family: str = "darts") -> Callable[[OpFactory], OpFac
     return decorator
 
 
-def list_ops(family: str = "darts") -> list[str]:
-    """Names of the ops registered in ``family``."""
-    return list(_OPS.get(family, {}))
+def _family_ops(family: str) -> dict[str, OpFactory]:
+    """The ops of ``family``: the base family's, overridden by the family's own."""
+    return {**_OPS.get(BASE_FAMILY, {}), **_OPS.get(family, {})}
 
 
-def build_op(name: str, channels: int, stride: int = 1, affine: bool = True, family: str = "darts") -> nn.Module:
-    """Instantiate op ``name`` of ``family`` on ``channels`` channels with the given stride."""
-    ops = _OPS.get(family, {})
+def list_ops(family: str = BASE_FAMILY) -> list[str]:
+    """Names of the ops ``family`` can build (the base family's and its own)."""
+    return list(_family_ops(family))
+
+
+def build_op(name: str, channels: int, stride: int = 1, affine: bool = True, family: str = BASE_FAMILY) -> nn.Module:
+    """Instantiate op ``name`` of ``family`` (its own definition, else the base family's) on
+    ``channels`` channels with the given stride."""
+    ops = _family_ops(family)
     if name not in ops:
         raise ValueError(f"unknown op {name!r} in family {family!r}; known ops: {', '.join(ops)}")
     return ops[name](channels, stride, affine)
 
 
-def check_primitives(primitives: tuple[str, ...] | list[str], family: str = "darts") -> None:
-    """Raise ValueError unless every name in ``primitives`` is a registered op of ``family``."""
-    unknown = [p for p in primitives if p not in _OPS.get(family, {})]
+def check_primitives(primitives: tuple[str, ...] | list[str], family: str = BASE_FAMILY) -> None:
+    """Raise ValueError unless every name in ``primitives`` is an op ``family`` can build."""
+    unknown = [p for p in primitives if p not in _family_ops(family)]
     if unknown:
         raise ValueError(f"unknown ops {unknown} in family {family!r}; known ops: {', '.join(list_ops(family))}")
     if len(set(primitives)) != len(primitives):

@@ -6,7 +6,11 @@ import torch
 from torch import nn
 
 from autoseg.genotype import num_edges
+from autoseg import ops
+from autoseg.genotype import Genotype
+from autoseg.models import create_model
 from autoseg.ops import PRIMITIVES, build_op, list_ops, register_op
+from autoseg.search.trellis_network import TrellisSearchNetwork
 from autoseg.profiling import saved_activation_bytes
 from autoseg.search import wide_ops
 from autoseg.search.mixed_op import MixedCell, MixedEdges
@@ -53,10 +57,49 @@ def test_registry_takes_a_new_op_in_one_entry():
     def _conv(channels, stride, affine):
         return nn.Conv2d(channels, channels, 1, stride=stride)
 
-    assert list_ops("test-family") == ["conv_1x1_test"]
+    assert list_ops("test-family") == [*PRIMITIVES, "conv_1x1_test"]  # the base family's, then its own
     assert build_op("conv_1x1_test", 3, 2, family="test-family")(torch.randn(1, 3, 8, 8)).shape == (1, 3, 4, 4)
     with pytest.raises(ValueError, match="unknown op"):
         build_op("conv_9x9", 3)
+    with pytest.raises(ValueError, match="unknown op"):
+        build_op("conv_1x1_test", 3)  # the base family does not take a family's own op
+
+
+@pytest.fixture
+def registered_op(monkeypatch):
+    """A new op, ``conv_3x3_test``, registered once in the base family for the test's duration."""
+    monkeypatch.setattr(ops, "_OPS", {family: dict(table) for family, table in ops._OPS.items()})
+
+    @register_op("conv_3x3_test")
+    def _conv(channels, stride, affine):
+        return nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, stride, 1, bias=False),
+                             nn.BatchNorm2d(channels, affine=affine))
+
+    return "conv_3x3_test"
+
+
+def test_an_op_registered_once_searches_decodes_and_retrains(registered_op):
+    primitives = ["none", "skip_connect", registered_op]
+    net = TrellisSearchNetwork(3, layers=2, levels=2, blocks=2, filter_multiplier=4, primitives=primitives,
+                               aspp_channels=8)
+    with torch.no_grad():
+        net.alphas[:, 2] = 5.0  # the new op wins every edge
+    x = torch.randn(2, 3, 32, 32)
+    assert net(x).shape == (2, 3, 32, 32)
+    arch = net.decode()
+    assert {op for block in arch.cell.blocks for op, _ in block} == {registered_op}
+    model = create_model("autodeeplab-arch", 3, arch=arch, filter_multiplier=4).eval()
+    assert model(x).shape == (2, 3, 32, 32)
+    darts = create_model("darts-cifar", 10, genotype=Genotype(arch.cell, arch.cell), C=4, layers=3).eval()
+    assert darts(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("family", ["darts", "autodeeplab"])
+@pytest.mark.parametrize("name", PRIMITIVES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_registered_op_keeps_the_channels_and_applies_the_stride(name, family, stride):
+    out = build_op(name, 4, stride, family=family)(torch.randn(2, 4, 9, 9))
+    assert out.shape == (2, 4, 9 if stride == 1 else 5, 9 if stride == 1 else 5)
 
 
 def _load_bn(edge_bn: nn.BatchNorm2d, wide_bn: nn.BatchNorm2d, edge: int, num_edges: int) -> None:

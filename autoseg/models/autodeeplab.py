@@ -41,7 +41,6 @@ pooling F=20 gives 10.03 M); plain, not separable, 3x3 convs in ASPP and decoder
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -54,7 +53,7 @@ from autoseg.models.deeplab_head import DeepLabV3PlusHead
 from autoseg.models.fixed_cell import FixedCell
 from autoseg.models.registry import register_model
 from autoseg.models.utils import set_batchnorm
-from autoseg.ops import ReLUConvBN, SepConv, build_op, register_op
+from autoseg.ops import ReLUConvBN, SepConv, register_op
 
 FAMILY = "autodeeplab"
 """Op family of the official Auto-DeepLab retrain ops in :mod:`autoseg.ops`."""
@@ -124,10 +123,6 @@ def _atrous5(channels: int, stride: int, affine: bool) -> nn.Module:
 @register_op("skip_connect", FAMILY)
 def _skip(channels: int, stride: int, affine: bool) -> nn.Module:
     return nn.Identity() if stride == 1 else ReLUConvBN(channels, channels, 1, stride, 0, affine)
-
-
-for _name in ("none", "max_pool_3x3", "avg_pool_3x3"):
-    register_op(_name, FAMILY)(partial(build_op, _name, family="darts"))
 
 
 class AutoDeepLabStem(nn.Module):
