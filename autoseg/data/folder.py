@@ -35,11 +35,23 @@ def _few(names: list[str]) -> str:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file as an RGB uint8 ``HxWx3`` array."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"cannot read image {path}: replace it with a valid png/jpg/bmp/tif file")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Read an image file as an RGB uint8 ``HxWx3`` array: the one reader of training, evaluation,
+    prediction and the data check.
+
+    The pixels are read as stored: an EXIF orientation tag is ignored, as it is for the masks (a
+    mask is never rotated, so an image turned by its tag would no longer match it). A file that is
+    truncated or damaged anywhere (a JPEG cut short, which other decoders fill with grey) is a
+    UserError. 16-bit grayscale images keep their 8 most significant bits.
+    """
+    try:
+        with Image.open(path) as stored:
+            stored.load()
+            if stored.mode.startswith("I;16"):
+                gray = (np.asarray(stored) >> 8).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            return np.asarray(stored.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"cannot read image {path} ({error}): replace it with a valid png/jpg/bmp/tif file") from None
 
 
 def read_mask(path: Path) -> np.ndarray:
