@@ -18,6 +18,7 @@ from autoseg.compilation import COMPILE_MODES
 from autoseg.config import load_config, override, save_config, validate_config
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
+from autoseg.engine.run_lock import RunLock, claim_new_run_dir
 from autoseg.errors import UserError
 from autoseg.precision import AUTOCAST_DTYPES
 from autoseg.process import is_main
@@ -110,6 +111,11 @@ def resumed_config(args: argparse.Namespace, config_class: type[T], flags: dict[
     if fixed:
         raise UserError(f"a resumed run keeps its saved config.yaml and writes into RUN_DIR; only --max-steps, "
                         f"--device, --workers and --compile / --no-compile may change (got {' '.join(fixed)})")
+    root = config.data.root
+    if root is not None and not Path(root).is_absolute():
+        raise UserError(f"{args.resume / 'config.yaml'} keeps data.root {root!r} relative to the folder that run was "
+                        "started from, which it does not record (runs of this version store it absolute): write the "
+                        f"absolute path of the data into data.root of {args.resume / 'config.yaml'}, then resume")
     config.train.max_steps = None  # the stop of the interrupted run; a new one may be given
     apply_overrides(config, args, {dest: flags[dest] for dest in RESUME_FLAGS})
     return config
@@ -138,21 +144,37 @@ def choose_run_dir(tool: str, dataset: str, out: Path | None, resume: Path | Non
     return check_run_dir(resume or out or default_run_dir(tool, dataset), resume=resume is not None)
 
 
-def create_run_dir(run_dir: Path, config: Any) -> None:
-    """Create a new run directory holding the resolved ``config``; called once everything the run
-    needs has been built, so that bad input leaves no directory behind."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def absolute_data_root(config: Any) -> None:
+    """Store the config's data root as an absolute path, so that a run resumed from another
+    working directory reads the same data."""
+    if config.data.root is not None:
+        config.data.root = str(Path(config.data.root).resolve())
+
+
+def create_run_dir(run_dir: Path, config: Any) -> RunLock:
+    """Create a new run directory exclusively, lock it (see :mod:`autoseg.engine.run_lock`) and
+    write the resolved ``config`` into it; called once everything the run needs has been built,
+    so that bad input leaves no directory behind."""
+    lock = claim_new_run_dir(run_dir)
     save_config(config, run_dir / "config.yaml")
+    return lock
 
 
 def start_run(run: Any, state: dict[str, Any] | None, resuming: bool, run_dir: Path, config: Any) -> Callable[..., None]:
     """Put ``run`` where it continues: load a resumed run's checkpoint ``state``, or create a new
     run's directory (a resumed run stopped before its first checkpoint starts over in its own).
-    Returns the main process's ``print`` (a no-op on the other processes)."""
+    The main process locks the directory for the run's life (``run.lock``, released when
+    :meth:`~autoseg.engine.run.TrainingRun.run` ends). Returns the main process's ``print`` (a
+    no-op on the other processes)."""
     if state is not None:
         run.load_state_dict(state)
-    elif not resuming:
-        distributed.on_main(lambda: create_run_dir(run_dir, config))
+    if not resuming:
+        absolute_data_root(config)
+
+    def claim() -> None:  # the lock stays in the main process (on_main hands results to all)
+        run.lock = RunLock.take(run_dir) if resuming else create_run_dir(run_dir, config)
+
+    distributed.on_main(claim)
     return print if is_main() else lambda *_: None
 
 

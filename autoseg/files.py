@@ -54,3 +54,17 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(path.read_text())
     except ValueError as exc:
         raise UserError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def require_writable_folder(folder: str | Path, what: str) -> None:
+    """Create ``folder`` (with its parents) if needed and prove that a file can be written in it,
+    before any work whose result would go there; a UserError naming ``what`` (e.g. ``--out``)
+    otherwise (a read-only place, a path under a file)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} {folder} cannot be written ({exc.strerror or exc}): choose a writable folder") \
+            from None

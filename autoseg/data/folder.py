@@ -34,6 +34,11 @@ def _few(names: list[str]) -> str:
     return shown if len(names) <= _SHOWN else f"{shown} (+{len(names) - _SHOWN} more)"
 
 
+def _unreadable_image(path: Path, error: Exception) -> UserError:
+    """The error of an image file that cannot be read."""
+    return UserError(f"cannot read image {path} ({error}): replace it with a valid png/jpg/bmp/tif file")
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an image file as an RGB uint8 ``HxWx3`` array: the one reader of training, evaluation,
     prediction and the data check.
@@ -51,7 +56,17 @@ def read_image(path: Path) -> np.ndarray:
                 return np.repeat(gray[..., None], 3, axis=2)
             return np.asarray(stored.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as error:
-        raise UserError(f"cannot read image {path} ({error}): replace it with a valid png/jpg/bmp/tif file") from None
+        raise _unreadable_image(path, error) from None
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header, as :func:`read_image` reads it (the
+    EXIF orientation tag ignored); a file that is not an image is a UserError."""
+    try:
+        with Image.open(path) as stored:
+            return stored.height, stored.width
+    except (OSError, SyntaxError, ValueError) as error:
+        raise _unreadable_image(path, error) from None
 
 
 def read_mask(path: Path) -> np.ndarray:
