@@ -3,12 +3,14 @@
 ``autoseg <tool> [args]`` runs :mod:`autoseg.tools.<tool>` (``python tools/<tool>.py`` in a
 checkout is the same). Every training tool takes ``--config FILE`` and the common knobs as
 flags overriding the file. Bad input (:class:`~autoseg.errors.UserError`) ends the tool with a
-one-line ``error: ...`` on stderr and exit status 2.
+one-line ``error: ...`` on stderr and exit status 2 (``AUTOSEG_TRACEBACK=1`` shows its traceback
+instead, for bug reports).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from autoseg.config import load_config, override, save_config, validate_config
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
 from autoseg.engine.run_lock import RunLock, claim_new_run_dir
-from autoseg.errors import UserError
+from autoseg.errors import UserError, one_line
 from autoseg.precision import AUTOCAST_DTYPES
 from autoseg.process import is_main
 
@@ -178,16 +180,23 @@ def start_run(run: Any, state: dict[str, Any] | None, resuming: bool, run_dir: P
     return print if is_main() else lambda *_: None
 
 
+TRACEBACK_VARIABLE = "AUTOSEG_TRACEBACK"
+"""Set to 1 in the environment, a UserError ends the tool with its whole traceback (for bug reports)."""
+
+
 def run_tool(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a tool's ``main``; a UserError becomes ``error: <message>`` and exit status 2. A
+    """Run a tool's ``main``; a UserError (also one raised in a DataLoader worker) becomes
+    ``error: <message>`` and exit status 2, or its traceback with ``AUTOSEG_TRACEBACK=1``. A
     process of a torchrun launch leaves its process group at the end."""
     try:
         main(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get(TRACEBACK_VARIABLE) == "1":
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # a RunInterrupted says what the run directory keeps
+        print(f"interrupted: {interrupt}" if str(interrupt) else "interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
         distributed.teardown()

@@ -12,6 +12,7 @@ from conftest import ROOT, load_tool
 from fakes import write_fake_cifar10, write_fake_folder, write_retrain_checkpoint
 from PIL import Image
 
+from autoseg.cli import run_tool
 from autoseg.data import build_dataset
 from autoseg.data.cifar10 import CIFAR_MEAN, CIFAR_STD
 from autoseg.data.cifar10 import CLASS_NAMES as CIFAR_CLASSES
@@ -275,6 +276,32 @@ def test_predict_refuses_scales_and_windows_that_make_no_sense_before_writing(to
         tool("predict")([str(run), str(tmp_path / "big.png"), str(tmp_path / "small.png"),
                          "--out", str(tmp_path / "out"), *flags])
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_batches_images_of_different_sizes(tool, segmentation_run, tmp_path):
+    run, _ = segmentation_run
+    write_fake_folder(tmp_path / "data", num_classes=len(CLASS_NAMES), sizes=((20, 30), (32, 24), (20, 30), (16, 16)))
+    args = [str(run), "--dataset", "folder", "--data-root", str(tmp_path / "data"), "--num-classes", "6", "--json"]
+    together = tool("evaluate")([*args, "--batch-size", "3"])
+    one_by_one = tool("evaluate")([*args, "--batch-size", "1"])
+    assert together["images"] == 4 and together["iou"] == one_by_one["iou"]
+    assert together["loss"] == pytest.approx(one_by_one["loss"], rel=1e-5)
+
+
+def test_an_error_in_a_data_loader_worker_is_one_line(segmentation_run, tmp_path, capsys):
+    run, _ = segmentation_run
+    state = torch.load(run / "best.pt", weights_only=False)
+    state["config"]["data"]["num_workers"] = 2
+    torch.save(state, tmp_path / "workers.pt")
+    write_fake_folder(tmp_path / "data", num_classes=6, sizes=((16, 16),) * 3)
+    mask = tmp_path / "data" / "val" / "masks" / "val_001.png"
+    Image.fromarray(np.full((16, 16), 9, np.uint8)).save(mask)
+    with pytest.raises(SystemExit) as exited:
+        run_tool(load_tool("evaluate").main, [str(tmp_path / "workers.pt"), "--dataset", "folder", "--data-root",
+                                              str(tmp_path / "data"), "--num-classes", "6", "--batch-size", "1"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (f"error: mask {mask} holds class id(s) 9 but num_classes=6: ids must be 0..5 "
+                                       "or 255 (ignore); fix the mask or raise num_classes\n")
 
 
 def _assert_onnx_matches(path, model, shapes) -> None:

@@ -1,5 +1,6 @@
 """A run owns its directory: created exclusively, locked while it runs, its data root stored
-absolute, and a checkpoint written before each evaluation."""
+absolute, a checkpoint written before each evaluation, an interruption that says what is kept,
+and files written with the umask's permissions."""
 from __future__ import annotations
 
 import json
@@ -11,10 +12,13 @@ import yaml
 from conftest import assert_same, load_tool, write_config, write_tiny_retrain_config
 from fakes import write_fake_folder
 
-from autoseg.engine.checkpoint import load_checkpoint
+from autoseg.cli import run_tool
+from autoseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.engine.retrain_loop import RetrainRun
 from autoseg.engine.run import TrainingRun
 from autoseg.engine.run_lock import LOCK_NAME, RunLock, claim_new_run_dir
 from autoseg.errors import UserError
+from autoseg.files import write_json
 
 
 def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tmp_path: Path) -> None:
@@ -100,3 +104,57 @@ def test_a_failed_evaluation_loses_no_training(tmp_path: Path, monkeypatch) -> N
     for record in full["history"] + resumed["history"]:
         record.pop("seconds")
     assert_same(full, resumed)
+
+
+def test_ctrl_c_says_what_the_run_directory_keeps(tmp_path: Path, monkeypatch, capsys) -> None:
+    config = write_tiny_retrain_config(tmp_path / "retrain.yaml")
+    run = tmp_path / "run"
+    train_step = RetrainRun.train_step
+    calls = []
+
+    def interrupt_at_step(step: int):
+        def interrupted(self, batch):
+            calls.append(step)
+            if len(calls) == step:
+                raise KeyboardInterrupt
+            return train_step(self, batch)
+        return interrupted
+
+    for argv, step, expected in (
+            (["--config", str(config), "--out", str(run)], 1,
+             f"interrupted: no checkpoint was written in {run}; start it over with --resume {run}\n"),
+            (["--resume", str(run), "--max-steps", "2"], 3, None),
+            (["--resume", str(run)], 2,
+             f"interrupted: the last good checkpoint (step 2) in {run} is kept; continue with --resume {run}\n")):
+        calls.clear()
+        monkeypatch.setattr(RetrainRun, "train_step", interrupt_at_step(step))
+        if expected is None:
+            load_tool("retrain").main(argv)
+            continue
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            run_tool(load_tool("retrain").main, argv)
+        assert exited.value.code == 130 and capsys.readouterr().err == expected
+
+
+def test_evaluate_of_a_run_without_best_pt_names_the_partial_checkpoint(tmp_path: Path, capsys) -> None:
+    config = write_tiny_retrain_config(tmp_path / "retrain.yaml")
+    run = tmp_path / "run"
+    load_tool("retrain").main(["--config", str(config), "--out", str(run), "--max-steps", "2"])
+    assert not (run / "best.pt").exists()
+    capsys.readouterr()
+    load_tool("evaluate").main([str(run), "--max-batches", "1", "--json"])
+    assert capsys.readouterr().err == (f"note: {run} has no best.pt (no evaluation of the run finished): using its "
+                                       "partial checkpoint.pt of step 2\n")
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_files_are_written_with_the_permissions_of_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        write_json({"a": 1}, tmp_path / "out.json")
+        save_checkpoint({"kind": "retrain"}, tmp_path / "checkpoint.pt")
+    finally:
+        os.umask(old)
+    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {"out.json": mode,
+                                                                                       "checkpoint.pt": mode}

@@ -158,7 +158,7 @@ class FactCache:
         """Write the cache atomically; a location that cannot be written only costs a warning."""
         text = json.dumps({"version": _CACHE_VERSION, "files": self.entries})
         try:
-            atomic_write(self.path, lambda tmp: (Path(tmp).write_text(text), os.chmod(tmp, 0o644)))
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
         except OSError as error:
             warnings.warn(f"could not save the data check cache {self.path} ({error}); the next check reads every "
                           "file again", stacklevel=2)

@@ -42,7 +42,7 @@ from autoseg.engine.run_lock import RunLock
 from autoseg.engine.step_guard import (SKIPS_IN_A_ROW_LIMIT, BufferSnapshot, describe, divergence_message,
                                        non_finite_tensors, read_step)
 from autoseg.engine.task import Task
-from autoseg.errors import UserError
+from autoseg.errors import RunInterrupted, UserError
 from autoseg.files import remove_interrupted_writes
 from autoseg.precision import check_amp
 from autoseg.process import gather_objects, is_main, rank
@@ -225,11 +225,14 @@ class TrainingRun(abc.ABC):
         self.tally.skip(kind)
         self.dropped = True
 
+    def kept(self) -> str:
+        """What the run directory keeps of the run now: its last checkpoint, or none."""
+        return (f"the last good checkpoint (step {self.saved_step}) in {self.run_dir} is kept"
+                if self.saved_step is not None else f"no checkpoint was written in {self.run_dir}")
+
     def divergence(self, what: str, step: int) -> str:
         """The one-line error of a run stopped by a non-finite value at ``step``."""
-        kept = (f"the last good checkpoint (step {self.saved_step}) in {self.run_dir} is kept"
-                if self.saved_step is not None else f"no checkpoint was written in {self.run_dir}")
-        return divergence_message(what, step, self.epoch + 1, kept, self.skipping)
+        return divergence_message(what, step, self.epoch + 1, self.kept(), self.skipping)
 
     def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, Any]:
         """Train (the rest of) the current epoch, or until the run must stop; returns its training
@@ -295,7 +298,11 @@ class TrainingRun(abc.ABC):
                 "running": gather_objects(self.tally.state_dict()), "config": config}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`."""
+        """Restore a :meth:`state_dict`; a checkpoint of the other kind (search, retrain) is a UserError."""
+        kind = state.get("kind", self.kind)
+        if kind != self.kind:
+            raise UserError(f"{self.run_dir / CHECKPOINT_NAME} is a {kind} checkpoint, not a {self.kind} one: continue "
+                            f"it with autoseg {kind} --resume {self.run_dir}")
         self.load_training_state(state)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], state["history"]
@@ -359,6 +366,9 @@ class TrainingRun(abc.ABC):
                     self.tally = self.new_tally()
                 self.pending_record = None
                 self.save()
+        except KeyboardInterrupt as interrupt:
+            what = "continue with" if self.saved_step is not None else "start it over with"
+            raise RunInterrupted(f"{self.kept()}; {what} --resume {self.run_dir}") from interrupt
         finally:
             if writer is not None:
                 writer.close()

@@ -10,17 +10,21 @@ from autoseg.errors import UserError
 from autoseg.search.darts_network import DartsSearchNetwork
 from autoseg.search.network import SearchNetwork
 from autoseg.search.trellis_network import TrellisSearchNetwork
+from autoseg.trellis import check_crop_size
 
 MODE_TASKS = {"cifar": "classification", "hierarchical": "segmentation"}
 """The task of the data each search mode searches on."""
 
 
 def check_mode_and_dataset(cfg: SearchConfig) -> None:
-    """Raise unless the configured dataset has the task the search mode is for."""
+    """Raise unless the configured dataset has the task the search mode is for (and, for the
+    hierarchical mode, the crop reaches the trellis's deepest level)."""
     if dataset_task(cfg.data.dataset) != MODE_TASKS[cfg.mode]:
         raise UserError(f"dataset {cfg.data.dataset!r} does not go with search mode {cfg.mode!r}: the cifar mode "
                         "searches on classification data (cifar10), the hierarchical mode on segmentation data "
                         "(use the matching config)")
+    if cfg.mode == "hierarchical" and cfg.data.crop_size is not None:
+        check_crop_size(cfg.data.crop_size, cfg.model.levels)
 
 
 def build_search_network(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
