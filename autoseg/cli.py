@@ -3,12 +3,14 @@
 ``autoseg <tool> [args]`` runs :mod:`autoseg.tools.<tool>` (``python tools/<tool>.py`` in a
 checkout is the same). Every training tool takes ``--config FILE`` and the common knobs as
 flags overriding the file. Bad input (:class:`~autoseg.errors.UserError`) ends the tool with a
-one-line ``error: ...`` on stderr and exit status 2.
+one-line ``error: ...`` on stderr and exit status 2 (``AUTOSEG_TRACEBACK=1`` shows its traceback
+instead, for bug reports).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,8 @@ from autoseg.compilation import COMPILE_MODES
 from autoseg.config import load_config, override, save_config, validate_config
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
-from autoseg.errors import UserError
+from autoseg.engine.run_lock import RunLock, claim_new_run_dir
+from autoseg.errors import UserError, one_line
 from autoseg.precision import AUTOCAST_DTYPES
 from autoseg.process import is_main
 
@@ -110,6 +113,11 @@ def resumed_config(args: argparse.Namespace, config_class: type[T], flags: dict[
     if fixed:
         raise UserError(f"a resumed run keeps its saved config.yaml and writes into RUN_DIR; only --max-steps, "
                         f"--device, --workers and --compile / --no-compile may change (got {' '.join(fixed)})")
+    root = config.data.root
+    if root is not None and not Path(root).is_absolute():
+        raise UserError(f"{args.resume / 'config.yaml'} keeps data.root {root!r} relative to the folder that run was "
+                        "started from, which it does not record (runs of this version store it absolute): write the "
+                        f"absolute path of the data into data.root of {args.resume / 'config.yaml'}, then resume")
     config.train.max_steps = None  # the stop of the interrupted run; a new one may be given
     apply_overrides(config, args, {dest: flags[dest] for dest in RESUME_FLAGS})
     return config
@@ -138,34 +146,57 @@ def choose_run_dir(tool: str, dataset: str, out: Path | None, resume: Path | Non
     return check_run_dir(resume or out or default_run_dir(tool, dataset), resume=resume is not None)
 
 
-def create_run_dir(run_dir: Path, config: Any) -> None:
-    """Create a new run directory holding the resolved ``config``; called once everything the run
-    needs has been built, so that bad input leaves no directory behind."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def absolute_data_root(config: Any) -> None:
+    """Store the config's data root as an absolute path, so that a run resumed from another
+    working directory reads the same data."""
+    if config.data.root is not None:
+        config.data.root = str(Path(config.data.root).resolve())
+
+
+def create_run_dir(run_dir: Path, config: Any) -> RunLock:
+    """Create a new run directory exclusively, lock it (see :mod:`autoseg.engine.run_lock`) and
+    write the resolved ``config`` into it; called once everything the run needs has been built,
+    so that bad input leaves no directory behind."""
+    lock = claim_new_run_dir(run_dir)
     save_config(config, run_dir / "config.yaml")
+    return lock
 
 
 def start_run(run: Any, state: dict[str, Any] | None, resuming: bool, run_dir: Path, config: Any) -> Callable[..., None]:
     """Put ``run`` where it continues: load a resumed run's checkpoint ``state``, or create a new
     run's directory (a resumed run stopped before its first checkpoint starts over in its own).
-    Returns the main process's ``print`` (a no-op on the other processes)."""
+    The main process locks the directory for the run's life (``run.lock``, released when
+    :meth:`~autoseg.engine.run.TrainingRun.run` ends). Returns the main process's ``print`` (a
+    no-op on the other processes)."""
     if state is not None:
         run.load_state_dict(state)
-    elif not resuming:
-        distributed.on_main(lambda: create_run_dir(run_dir, config))
+    if not resuming:
+        absolute_data_root(config)
+
+    def claim() -> None:  # the lock stays in the main process (on_main hands results to all)
+        run.lock = RunLock.take(run_dir) if resuming else create_run_dir(run_dir, config)
+
+    distributed.on_main(claim)
     return print if is_main() else lambda *_: None
 
 
+TRACEBACK_VARIABLE = "AUTOSEG_TRACEBACK"
+"""Set to 1 in the environment, a UserError ends the tool with its whole traceback (for bug reports)."""
+
+
 def run_tool(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a tool's ``main``; a UserError becomes ``error: <message>`` and exit status 2. A
+    """Run a tool's ``main``; a UserError (also one raised in a DataLoader worker) becomes
+    ``error: <message>`` and exit status 2, or its traceback with ``AUTOSEG_TRACEBACK=1``. A
     process of a torchrun launch leaves its process group at the end."""
     try:
         main(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get(TRACEBACK_VARIABLE) == "1":
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # a RunInterrupted says what the run directory keeps
+        print(f"interrupted: {interrupt}" if str(interrupt) else "interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
         distributed.teardown()

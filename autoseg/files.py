@@ -13,13 +13,15 @@ from autoseg.errors import UserError
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path`` (named ``.<name>.<random>``),
     flush it to disk, then rename it into place, so that ``path`` is always either the old or the
-    new complete file, even if the process is killed or the machine stops."""
+    new complete file, even if the process is killed or the machine stops. The file gets the
+    permissions of any new file (0666 less the umask), not the temporary file's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -29,6 +31,13 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_interrupted_writes(directory: str | Path, names: list[str]) -> None:
@@ -54,3 +63,17 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(path.read_text())
     except ValueError as exc:
         raise UserError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def require_writable_folder(folder: str | Path, what: str) -> None:
+    """Create ``folder`` (with its parents) if needed and prove that a file can be written in it,
+    before any work whose result would go there; a UserError naming ``what`` (e.g. ``--out``)
+    otherwise (a read-only place, a path under a file)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} {folder} cannot be written ({exc.strerror or exc}): choose a writable folder") \
+            from None

@@ -33,6 +33,9 @@ from autoseg.errors import UserError
 
 DEEPLAB_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 """The multi-scale inputs DeepLabv3 evaluates Cityscapes and PASCAL VOC with."""
+MAX_WINDOWS = 1000
+"""The most windows one view of an image may be cut into (a Cityscapes image takes 18 windows of
+513x513); more means a window far smaller than the training crop, and hours of inference."""
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -88,6 +91,22 @@ class InferenceProtocol:
             return self
         return InferenceProtocol(tuple(scale * factor for scale in self.scales), self.flip, self.window, self.stride)
 
+    def check_image_size(self, height: int, width: int, name: str = "the image") -> None:
+        """Raise a UserError if a scale turns a ``height`` x ``width`` image into an empty one, or
+        the window cuts a view into more than :data:`MAX_WINDOWS` windows."""
+        for scale in self.scales:
+            scaled = (math.floor(height * scale), math.floor(width * scale))
+            if min(scaled) < 1:
+                raise UserError(f"scale {scale:g} turns {name} of {height}x{width} pixels into "
+                                f"{scaled[0]}x{scaled[1]}: use scales of at least {1 / min(height, width):.3g}")
+            if self.window is not None:
+                count = len(tile_starts(scaled[0], self.window[0], self.stride[0])) * len(
+                    tile_starts(scaled[1], self.window[1], self.stride[1]))
+                if count > MAX_WINDOWS:
+                    raise UserError(f"window {list(self.window)} with stride {list(self.stride)} cuts {name} "
+                                    f"({scaled[0]}x{scaled[1]} at scale {scale:g}) into {count:,} windows, more than "
+                                    f"{MAX_WINDOWS}: use a window near the training crop (e.g. 513 513)")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description: scales, flip, window and stride (``None`` without a window)."""
         return {"scales": list(self.scales), "flip": self.flip,
@@ -96,8 +115,10 @@ class InferenceProtocol:
 
     def logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Float32 ``(N, C, H, W)`` logits of ``images`` ``(N, 3, H, W)``: those of the single view,
-        or the log of the views' averaged softmax probabilities. ``model`` must be in eval mode."""
+        or the log of the views' averaged softmax probabilities. ``model`` must be in eval mode; inputs that
+        a scale empties or a window cuts too fine are refused (:meth:`check_image_size`)."""
         size = images.shape[-2:]
+        self.check_image_size(*size, name="an input")
         combined: torch.Tensor | None = None
         for scale in self.scales:
             scaled = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear",

@@ -20,6 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from autoseg.errors import UserError
+
 MOVES: tuple[int, ...] = (-1, 0, 1)
 """Level change of each beta slot ``k`` (finer, same, coarser)."""
 
@@ -30,6 +32,15 @@ TIE_TOLERANCE: float = 1e-9
 def _check_num_levels(num_levels: int) -> None:
     if num_levels < 1:
         raise ValueError(f"num_levels must be at least 1, got {num_levels}")
+
+
+def check_crop_size(crop_size: int, num_levels: int) -> None:
+    """Raise a UserError unless a ``crop_size`` crop covers at least one pixel of the deepest
+    level (stride ``4 * 2**(num_levels - 1)``): a smaller one ends in a batch-norm error mid-run."""
+    deepest = 4 * 2 ** (num_levels - 1)
+    if crop_size < deepest:
+        raise UserError(f"crop_size {crop_size} is smaller than the stride {deepest} of the trellis's deepest level "
+                        f"(model.levels {num_levels}): use --crop-size {deepest} or more, or fewer levels")
 
 
 def node_exists(layer: int, level: int, num_levels: int, free_first_step: bool = True) -> bool:

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_TRELLIS, load_tool, write_config
-from fakes import write_fake_cityscapes, write_fake_folder
+from fakes import write_fake_ade20k, write_fake_cityscapes, write_fake_folder, write_fake_voc
 from PIL import Image
 
 from autoseg.cli import run_tool
-from autoseg.data import build_dataset, check
-from autoseg.data.check import CACHE_NAME, cache_file, check_dataset, check_split
+from autoseg.data import build_dataset, check, dataset_task, list_datasets
+from autoseg.data.check import CACHE_NAME, LAYOUTS, WITHOUT_FILES, cache_file, check_dataset, check_split
+from autoseg.data.folder import read_image
 from autoseg.errors import UserError
 
 SIZES = ((20, 30), (32, 24), (16, 16), (18, 22), (24, 20), (16, 24))  # train_000 .. train_005; odd ones are JPEGs
@@ -47,7 +48,7 @@ def test_folder_check_lists_every_problem_at_once(tmp_path: Path) -> None:
     assert len(report.problems) == len(bad)
     for kind, path in bad.items():
         assert sum(str(path) in problem for problem in report.problems) == 1, kind
-    expected = ["cannot identify image file", "Truncated File Read", "is 5x5 (HxW) but image",
+    expected = ["cannot identify image file", "image file is truncated", "is 5x5 (HxW) but image",
                 "class id(s) 7 but num_classes=3", "has 3 channels", "has no mask", "has no image of the same stem"]
     assert all(any(text in problem for problem in report.problems) for text in expected)
     assert report.samples == 5 and report.files == report.files_read == 10
@@ -139,3 +140,71 @@ def test_search_refuses_bad_data_before_creating_the_run_directory(tool, tmp_pat
                                         r"mask .*val_001.png holds class id\(s\) 9.*; mask .*val_002.png is 8x8"):
         tool("search")(["--config", str(config), "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
+
+
+def _save_rotated_jpeg(pixels: np.ndarray, path: Path) -> None:
+    """Save ``pixels`` as a JPEG whose EXIF orientation tag says "rotate 90 degrees clockwise"
+    (as cameras tag portrait photos)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+
+
+def test_an_exif_rotated_jpeg_is_read_as_stored_by_the_check_and_the_loader(tmp_path: Path) -> None:
+    write_fake_folder(tmp_path, num_classes=3, sizes=((20, 30),), splits=("train",))
+    image = tmp_path / "train" / "images" / "train_000.jpg"
+    (tmp_path / "train" / "images" / "train_000.png").unlink()
+    stored = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    _save_rotated_jpeg(stored, image)
+    with Image.open(image) as decoded:
+        expected = np.asarray(decoded.convert("RGB"))  # PIL ignores the tag, as it does for the mask
+    assert check_split("folder", tmp_path, "train", num_classes=3).problems == []
+    loaded, mask = build_dataset("folder", str(tmp_path), "train", augment=False, num_classes=3).load(0)
+    assert loaded.shape == (20, 30, 3) and mask.shape == (20, 30)
+    assert np.array_equal(loaded, expected) and np.array_equal(read_image(image), expected)
+
+
+def test_a_truncated_jpeg_is_found_by_the_check_and_refused_by_the_loader(tmp_path: Path) -> None:
+    write_fake_folder(tmp_path, num_classes=3, sizes=((16, 16), (64, 96)), splits=("train",))
+    jpeg = tmp_path / "train" / "images" / "train_001.jpg"
+    _truncate(jpeg)
+    problems = check_split("folder", tmp_path, "train", num_classes=3).problems
+    assert len(problems) == 1 and f"cannot read image {jpeg} (image file is truncated" in problems[0]
+    with pytest.raises(UserError, match="image file is truncated"):
+        build_dataset("folder", str(tmp_path), "train", augment=False, num_classes=3)[1]
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_registered_dataset_has_a_file_check_or_no_files(name: str) -> None:
+    if dataset_task(name) == "segmentation" and name != "synthetic":
+        assert name in LAYOUTS, f"check_data has no FileLayout for the {name} dataset"
+    assert (name in LAYOUTS) != (name in WITHOUT_FILES)
+
+
+def test_voc_and_ade20k_checks_list_every_problem(tmp_path: Path) -> None:
+    write_fake_voc(tmp_path / "voc", splits={"train": ["a", "b", "c"]}, train_aug=["a", "b"])
+    voc = tmp_path / "voc" / "VOCdevkit" / "VOC2012"
+    Image.fromarray(np.full((18, 30), 30, dtype=np.uint8)).save(voc / "SegmentationClass" / "a.png")
+    (voc / "JPEGImages" / "b.jpg").unlink()
+    _truncate(voc / "JPEGImages" / "c.jpg")
+    problems = check_split("voc", tmp_path / "voc", "train").problems
+    assert len(problems) == 3
+    assert any("b.jpg is missing (a file listed in the train split)" in p for p in problems)
+    assert any("a.png holds class id(s) 30" in p for p in problems)
+    assert any(p.startswith("cannot read image") and "c.jpg" in p for p in problems)
+    aug = check_split("voc_aug", tmp_path / "voc", "train")
+    assert aug.samples == 1 and len(aug.problems) == 1 and "b.jpg is missing" in aug.problems[0]
+    written = write_fake_ade20k(tmp_path / "ade", counts={"training": 2})
+    stem = written["training"][1][0]
+    annotation = tmp_path / "ade" / "ADEChallengeData2016" / "annotations" / "training" / f"{stem}.png"
+    Image.fromarray(np.full((20, 24), 200, np.uint8)).save(annotation)
+    ade = check_split("ade20k", tmp_path / "ade", "train")
+    assert ade.samples == 2 and len(ade.problems) == 1 and "values above 150" in ade.problems[0]
+    assert check_split("ade20k", tmp_path / "ade", "train").files_read == 0
+
+
+def test_check_data_of_voc_reads_every_file(tmp_path: Path, tool, capsys) -> None:
+    write_fake_voc(tmp_path)
+    reports = tool("check_data")(["--dataset", "voc", "--data-root", str(tmp_path)])
+    assert [(r.split, r.samples, r.files, r.problems) for r in reports] == [("train", 2, 4, []), ("val", 1, 2, [])]
+    assert "nothing to check" not in capsys.readouterr().out

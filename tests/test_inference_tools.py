@@ -12,6 +12,7 @@ from conftest import ROOT, load_tool
 from fakes import write_fake_cifar10, write_fake_folder, write_retrain_checkpoint
 from PIL import Image
 
+from autoseg.cli import run_tool
 from autoseg.data import build_dataset
 from autoseg.data.cifar10 import CIFAR_MEAN, CIFAR_STD
 from autoseg.data.cifar10 import CLASS_NAMES as CIFAR_CLASSES
@@ -229,6 +230,78 @@ def test_predict_rejects_bad_inputs_with_one_line_errors(tool, segmentation_run,
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
     assert done.returncode == 2
     assert done.stderr.startswith("error: no images in") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_predict_never_writes_into_the_folder_of_its_inputs(tool, segmentation_run, tmp_path):
+    run, _ = segmentation_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("street.png", "street_mask.png"):  # an input named like the other's output
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(photos / name)
+    before = {path.name: path.read_bytes() for path in photos.iterdir()}
+    with pytest.raises(UserError, match=f"--out {photos} holds the input image {photos}/street"):
+        tool("predict")([str(run), str(photos), "--out", str(photos)])
+    with pytest.raises(UserError, match="holds the input image"):
+        tool("predict")([str(run), str(photos / "street.png"), "--out", str(photos / ".." / "photos")])
+    assert {path.name: path.read_bytes() for path in photos.iterdir()} == before
+
+
+def test_unwritable_outputs_are_found_before_the_work(tool, segmentation_run, tmp_path, monkeypatch):
+    run, _ = segmentation_run
+    (tmp_path / "a_file").write_text("not a folder")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.png")
+    predicted = []
+    monkeypatch.setattr(load_tool("predict"), "predict_mask", lambda *args: predicted.append(args))
+    with pytest.raises(UserError, match=f"--out {tmp_path}/a_file/out cannot be written"):
+        tool("predict")([str(run), str(tmp_path / "ok.png"), "--out", str(tmp_path / "a_file" / "out")])
+    assert predicted == []
+    export = load_tool("export")
+    monkeypatch.setattr(export, "export_onnx", lambda *args: predicted.append(args))
+    with pytest.raises(UserError, match=f"the folder of --onnx {tmp_path}/a_file cannot be written"):
+        export.main([str(run), "--onnx", str(tmp_path / "a_file" / "model.onnx")])
+    assert predicted == []
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--scales", "0.05"], r"scale 0.05 turns .*small.png of 16x16 pixels into 0x0: use scales of at least 0.0625"),
+    (["--window", "1", "1"], r"window \[1, 1\] with stride \[1, 1\] cuts .*big.png \(40x60 at scale 1\) into 2,400 "
+                             "windows, more than 1000"),
+])
+def test_predict_refuses_scales_and_windows_that_make_no_sense_before_writing(tool, segmentation_run, tmp_path,
+                                                                              flags, message):
+    run, _ = segmentation_run
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "big.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(UserError, match=message):
+        tool("predict")([str(run), str(tmp_path / "big.png"), str(tmp_path / "small.png"),
+                         "--out", str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_batches_images_of_different_sizes(tool, segmentation_run, tmp_path):
+    run, _ = segmentation_run
+    write_fake_folder(tmp_path / "data", num_classes=len(CLASS_NAMES), sizes=((20, 30), (32, 24), (20, 30), (16, 16)))
+    args = [str(run), "--dataset", "folder", "--data-root", str(tmp_path / "data"), "--num-classes", "6", "--json"]
+    together = tool("evaluate")([*args, "--batch-size", "3"])
+    one_by_one = tool("evaluate")([*args, "--batch-size", "1"])
+    assert together["images"] == 4 and together["iou"] == one_by_one["iou"]
+    assert together["loss"] == pytest.approx(one_by_one["loss"], rel=1e-5)
+
+
+def test_an_error_in_a_data_loader_worker_is_one_line(segmentation_run, tmp_path, capsys):
+    run, _ = segmentation_run
+    state = torch.load(run / "best.pt", weights_only=False)
+    state["config"]["data"]["num_workers"] = 2
+    torch.save(state, tmp_path / "workers.pt")
+    write_fake_folder(tmp_path / "data", num_classes=6, sizes=((16, 16),) * 3)
+    mask = tmp_path / "data" / "val" / "masks" / "val_001.png"
+    Image.fromarray(np.full((16, 16), 9, np.uint8)).save(mask)
+    with pytest.raises(SystemExit) as exited:
+        run_tool(load_tool("evaluate").main, [str(tmp_path / "workers.pt"), "--dataset", "folder", "--data-root",
+                                              str(tmp_path / "data"), "--num-classes", "6", "--batch-size", "1"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (f"error: mask {mask} holds class id(s) 9 but num_classes=6: ids must be 0..5 "
+                                       "or 255 (ignore); fix the mask or raise num_classes\n")
 
 
 def _assert_onnx_matches(path, model, shapes) -> None:

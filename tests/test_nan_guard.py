@@ -122,8 +122,9 @@ def test_skipping_stops_when_every_batch_is_bad(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("every,saves", [
-    (None, [(8, 0, True), (12, 0, True)]),  # only with the evaluations (every 2 epochs of 4 steps)
-    (3, [(3, 3, False), (6, 2, False), (8, 0, True), (9, 1, False), (12, 0, True)]),
+    # only before and with the evaluations (every 2 epochs of 4 steps)
+    (None, [(8, 0, False), (8, 0, True), (12, 0, False), (12, 0, True)]),
+    (3, [(3, 3, False), (6, 2, False), (8, 0, False), (8, 0, True), (9, 1, False), (12, 0, False), (12, 0, True)]),
 ])
 def test_checkpoint_every_steps_writes_the_position_mid_epoch(tmp_path, monkeypatch, every, saves):
     written = []

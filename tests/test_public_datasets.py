@@ -116,6 +116,15 @@ def test_voc_errors_name_what_is_missing_or_wrong(tmp_path):
         build_dataset("voc", str(voc), "train")
 
 
+@pytest.mark.parametrize("listed", ["../../../outside", "/etc/passwd", "sub\\..\\x"])
+def test_a_voc_list_naming_paths_outside_the_dataset_is_refused(tmp_path, listed):
+    write_fake_voc(tmp_path, splits={"train": ["a"], "val": ["b"]})
+    lists = tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    (lists / "train.txt").write_text(f"a\n{listed}\n")
+    with pytest.raises(UserError, match=r"holds 1 id\(s\) that are paths, e.g. .*by their id alone"):
+        build_dataset("voc", str(tmp_path), "train")
+
+
 @pytest.fixture(scope="module")
 def ade_root(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("ade")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.data import register_dataset
-from autoseg.data.file_pairs import FilePairsDataset, require_files
+from autoseg.data.file_pairs import FilePairsDataset, require_pairs, split_missing
 from autoseg.data.folder import generate_palette, read_mask
 from autoseg.data.transforms import IGNORE_INDEX
 from autoseg.errors import UserError
@@ -53,8 +53,9 @@ def _stored_to_train_id_table() -> np.ndarray:
 STORED_TO_TRAIN_ID: np.ndarray = _stored_to_train_id_table()
 
 
-def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
-    """(image, annotation) paths of ``split``, sorted; raises if a folder or an annotation is missing."""
+def match_pairs(root: str | Path | None, split: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, annotation) paths of ``split``, sorted, and one problem per image without its
+    annotation; raises if a folder is missing or holds no image."""
     if root is None:
         raise UserError(f"the ade20k dataset needs a root folder. {_HOW_TO_GET}")
     if split not in _SPLIT_FOLDERS:
@@ -68,8 +69,21 @@ def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
     if not images:
         raise UserError(f"no *.jpg images in {base / 'images' / folder}. {_HOW_TO_GET}")
     pairs = [(image, base / "annotations" / folder / f"{image.stem}.png") for image in images]
-    require_files([annotation for _, annotation in pairs], f"annotation(s) of {folder} images are", _HOW_TO_GET)
-    return pairs
+    return split_missing(pairs, f"of the {folder} annotations")
+
+
+def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
+    """The pairs of :func:`match_pairs`; raises if an annotation is missing."""
+    return require_pairs(match_pairs(root, split), f"annotation(s) of {_SPLIT_FOLDERS.get(split)} images are",
+                         _HOW_TO_GET)
+
+
+def check_annotation_values(stored: np.ndarray, path: Path) -> None:
+    """Raise unless an annotation (or an array of the values it holds) is 8-bit and holds 0 (other)
+    and the class numbers 1..150 only."""
+    if stored.dtype != np.uint8 or (stored.size and stored.max() > len(CLASS_NAMES)):
+        raise UserError(f"annotation {path} holds values above {len(CLASS_NAMES)} (or is not 8-bit): ADE20K "
+                        "annotations are grayscale PNGs of 0 (other) and the class numbers 1..150")
 
 
 @register_dataset("ade20k")
@@ -89,7 +103,5 @@ class ADE20KDataset(FilePairsDataset):
         """Train ids of annotation ``index``: stored 0 -> 255, k -> k - 1; values above 150 are errors."""
         path = self.samples[index][1]
         stored = read_mask(path)
-        if stored.dtype != np.uint8 or (stored.size and stored.max() > len(CLASS_NAMES)):
-            raise UserError(f"annotation {path} holds values above {len(CLASS_NAMES)} (or is not 8-bit): ADE20K "
-                            "annotations are grayscale PNGs of 0 (other) and the class numbers 1..150")
+        check_annotation_values(stored, path)
         return STORED_TO_TRAIN_ID[stored]

@@ -3,10 +3,12 @@
 A bad file otherwise surfaces only when the loader first touches it, which in a long run can
 be hours in. The check reads what it needs of every image and mask of a split:
 
-- each image's size from its header (the pixels are not decoded; a PNG's chunk checksums are
-  verified, which finds truncated and damaged files),
+- each image decoded once by the reader training uses (:func:`~autoseg.data.folder.read_image`,
+  which reads the pixels as stored, ignoring an EXIF orientation tag): its size, and whether it
+  is truncated or damaged anywhere (a JPEG cut short, which other decoders fill with grey),
 - each mask decoded once: its size, and the ids it holds, judged by the same rules the loader
-  applies (``folder``: ``0..num_classes-1`` or 255; ``cityscapes``: the official label ids),
+  applies (``folder``: ``0..num_classes-1`` or 255; ``cityscapes``: the official label ids;
+  ``voc``/``voc_aug``: 0..20 or 255; ``ade20k``: 0..150),
 - files that cannot be paired (an image without a mask, ...).
 
 What it learns about a file is cached in a JSON file keyed by the file's path, size and
@@ -15,9 +17,9 @@ the data (``ROOT/.autoseg-data-check.json``) when that folder is writable, else 
 (e.g. a run directory) when given, else in the user's cache folder
 (``$XDG_CACHE_HOME/autoseg`` or ``~/.cache/autoseg``).
 
-Datasets with files to check declare a :class:`FileLayout` in :data:`LAYOUTS`; the others
-(``synthetic`` is generated, ``cifar10`` is read whole when it is built) need no more check
-than building them.
+Datasets with files to check declare a :class:`FileLayout` in :data:`LAYOUTS`; the others,
+listed in :data:`WITHOUT_FILES` (``synthetic`` is generated, ``cifar10`` is read whole when it is
+built), need no more check than building them.
 """
 from __future__ import annotations
 
@@ -32,17 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from autoseg.data import build_dataset, cityscapes, folder, registered_name
-from autoseg.data.folder import check_same_size, read_mask
+from autoseg.data import ade20k, build_dataset, cityscapes, folder, registered_name, voc
+from autoseg.data.folder import check_same_size, read_image, read_mask
 from autoseg.files import atomic_write
 from autoseg.errors import UserError, problems_error
 
 CACHE_NAME = ".autoseg-data-check.json"
-_CACHE_VERSION = 1
-_THREADS = min(8, os.cpu_count() or 1)  # decoding PNGs releases the GIL
+_CACHE_VERSION = 2  # 2: images decoded whole (version 1 read their headers)
+_THREADS = min(8, os.cpu_count() or 1)  # decoding images releases the GIL
 
 Pair = tuple[Path, Path]
 MaskRule = Callable[[np.ndarray, Path], None]
@@ -71,7 +72,13 @@ def _folder_rule(num_classes: int | None) -> MaskRule:
 LAYOUTS: dict[str, FileLayout] = {
     "folder": FileLayout(folder.match_pairs, _folder_rule),
     "cityscapes": FileLayout(cityscapes.match_pairs, lambda num_classes: cityscapes.check_label_ids),
+    "voc": FileLayout(voc.match_pairs, lambda num_classes: voc.check_class_ids),
+    "voc_aug": FileLayout(voc.aug_match_pairs, lambda num_classes: voc.check_class_ids),
+    "ade20k": FileLayout(ade20k.match_pairs, lambda num_classes: ade20k.check_annotation_values),
 }
+
+WITHOUT_FILES: dict[str, str] = {"synthetic": "generated", "cifar10": "read whole when it is built"}
+"""The registered datasets that have no image files to check, and why."""
 
 
 @dataclass
@@ -89,15 +96,12 @@ class CheckReport:
 
 
 def image_facts(path: Path) -> dict[str, Any]:
-    """``{"hw": [height, width]}`` of an image from its header, or ``{"error": message}`` when the
-    file cannot be identified or fails its checksums."""
+    """``{"hw": [height, width]}`` of an image decoded as training decodes it, or ``{"error":
+    message}`` when it cannot be decoded whole."""
     try:
-        with Image.open(path) as stored:
-            width, height = stored.size
-            stored.verify()
-    except (OSError, SyntaxError, ValueError) as error:
-        return {"error": f"cannot read image {path} ({error}): replace it with a valid png/jpg/bmp/tif file"}
-    return {"hw": [height, width]}
+        return {"hw": list(read_image(path).shape[:2])}
+    except UserError as error:
+        return {"error": str(error)}
 
 
 def mask_facts(path: Path) -> dict[str, Any]:
@@ -154,7 +158,7 @@ class FactCache:
         """Write the cache atomically; a location that cannot be written only costs a warning."""
         text = json.dumps({"version": _CACHE_VERSION, "files": self.entries})
         try:
-            atomic_write(self.path, lambda tmp: (Path(tmp).write_text(text), os.chmod(tmp, 0o644)))
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
         except OSError as error:
             warnings.warn(f"could not save the data check cache {self.path} ({error}); the next check reads every "
                           "file again", stacklevel=2)

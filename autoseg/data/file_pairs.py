@@ -14,12 +14,24 @@ from autoseg.data.transforms import build_transform
 from autoseg.errors import UserError
 
 
-def require_files(paths: list[Path], what: str, how_to_get: str) -> None:
-    """Raise a UserError naming the first of ``paths`` that is not a file (``what`` says which
-    files they are, ``how_to_get`` how to obtain the dataset)."""
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} {what} missing, e.g. {missing[0]}. {how_to_get}")
+Pair = tuple[Path, Path]
+
+
+def split_missing(pairs: list[Pair], what: str) -> tuple[list[Pair], list[str]]:
+    """The pairs whose image and mask both exist, and one problem per missing file (``what``
+    says which files the pairs are, e.g. "listed in the train split")."""
+    problems = [f"{path} is missing (a file {what})" for pair in pairs for path in pair if not path.is_file()]
+    return [pair for pair in pairs if all(path.is_file() for path in pair)], problems
+
+
+def require_pairs(matched: tuple[list[Pair], list[str]], what: str, how_to_get: str) -> list[Pair]:
+    """The pairs of :func:`split_missing`'s result; a UserError counting the missing files (``what``
+    says which files they are, ``how_to_get`` how to obtain the dataset) when there are any."""
+    pairs, problems = matched
+    if problems:
+        example = problems[0].partition(" is missing")[0]
+        raise UserError(f"{len(problems)} {what} missing, e.g. {example}. {how_to_get}")
+    return pairs
 
 
 class FilePairsDataset(SegmentationDataset):

@@ -34,12 +34,39 @@ def _few(names: list[str]) -> str:
     return shown if len(names) <= _SHOWN else f"{shown} (+{len(names) - _SHOWN} more)"
 
 
+def _unreadable_image(path: Path, error: Exception) -> UserError:
+    """The error of an image file that cannot be read."""
+    return UserError(f"cannot read image {path} ({error}): replace it with a valid png/jpg/bmp/tif file")
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file as an RGB uint8 ``HxWx3`` array."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"cannot read image {path}: replace it with a valid png/jpg/bmp/tif file")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Read an image file as an RGB uint8 ``HxWx3`` array: the one reader of training, evaluation,
+    prediction and the data check.
+
+    The pixels are read as stored: an EXIF orientation tag is ignored, as it is for the masks (a
+    mask is never rotated, so an image turned by its tag would no longer match it). A file that is
+    truncated or damaged anywhere (a JPEG cut short, which other decoders fill with grey) is a
+    UserError. 16-bit grayscale images keep their 8 most significant bits.
+    """
+    try:
+        with Image.open(path) as stored:
+            stored.load()
+            if stored.mode.startswith("I;16"):
+                gray = (np.asarray(stored) >> 8).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            return np.asarray(stored.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
+        raise _unreadable_image(path, error) from None
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header, as :func:`read_image` reads it (the
+    EXIF orientation tag ignored); a file that is not an image is a UserError."""
+    try:
+        with Image.open(path) as stored:
+            return stored.height, stored.width
+    except (OSError, SyntaxError, ValueError) as error:
+        raise _unreadable_image(path, error) from None
 
 
 def read_mask(path: Path) -> np.ndarray:

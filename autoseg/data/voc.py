@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.data import register_dataset
-from autoseg.data.file_pairs import FilePairsDataset, require_files
+from autoseg.data.file_pairs import FilePairsDataset, require_pairs, split_missing
 from autoseg.data.folder import check_mask_ids, read_mask
 from autoseg.errors import UserError
 
@@ -70,7 +70,8 @@ def find_voc_root(root: str | Path | None) -> Path:
 
 
 def read_split(voc_root: Path, split: str) -> list[str]:
-    """The image ids listed in ``ImageSets/Segmentation/<split>.txt``."""
+    """The image ids listed in ``ImageSets/Segmentation/<split>.txt``; an id that is a path (holding
+    a ``/``, a ``\\`` or ``..``), which would read files outside the dataset, is refused."""
     listing = voc_root / _LISTS / f"{split}.txt"
     if not listing.is_file():
         known = sorted(path.stem for path in (voc_root / _LISTS).glob("*.txt"))
@@ -79,19 +80,41 @@ def read_split(voc_root: Path, split: str) -> list[str]:
     ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     if not ids:
         raise UserError(f"split list {listing} is empty: it needs one image id per line")
+    paths = [name for name in ids if "/" in name or "\\" in name or ".." in name]
+    if paths:
+        raise UserError(f"split list {listing} holds {len(paths)} id(s) that are paths, e.g. {paths[0]!r}: a VOC "
+                        "list names images of JPEGImages/ by their id alone (such as 2007_000032)")
     return ids
+
+
+def match_pairs(root: str | Path | None, split: str, masks: str = "SegmentationClass",
+                listing: str | None = None) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, mask) paths of the ids of ``listing`` (default: ``split``) with masks from the
+    folder ``masks``, and one problem per listed file that is missing."""
+    voc_root = find_voc_root(root)
+    pairs = [(voc_root / "JPEGImages" / f"{name}.jpg", voc_root / masks / f"{name}.png")
+             for name in read_split(voc_root, listing or split)]
+    return split_missing(pairs, f"listed in the {listing or split} split")
 
 
 def find_pairs(root: str | Path | None, split: str, masks: str = "SegmentationClass",
                listing: str | None = None) -> list[tuple[Path, Path]]:
-    """(image, mask) paths of the ids of ``listing`` (default: ``split``) with masks from the
-    folder ``masks``; raises if a listed file is missing."""
-    voc_root = find_voc_root(root)
-    pairs = [(voc_root / "JPEGImages" / f"{name}.jpg", voc_root / masks / f"{name}.png")
-             for name in read_split(voc_root, listing or split)]
-    require_files([path for pair in pairs for path in pair], f"file(s) listed in the {listing or split} split are",
-                  _HOW_TO_GET)
-    return pairs
+    """The pairs of :func:`match_pairs`; raises if a listed file is missing."""
+    return require_pairs(match_pairs(root, split, masks, listing),
+                         f"file(s) listed in the {listing or split} split are", _HOW_TO_GET)
+
+
+def aug_match_pairs(root: str | Path | None, split: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """``voc_aug``'s pairs: ``train`` reads train_aug.txt with SegmentationClassAug; any other split
+    is the official one."""
+    if split == "train":
+        return match_pairs(root, split, masks="SegmentationClassAug", listing="train_aug")
+    return match_pairs(root, split)
+
+
+def check_class_ids(ids: np.ndarray, path: Path) -> None:
+    """Raise unless a mask (or an array of the ids it holds) has VOC's ids only: 0..20 and 255."""
+    check_mask_ids(ids, len(CLASS_NAMES), path)
 
 
 @register_dataset("voc")
@@ -111,7 +134,7 @@ class VOCDataset(FilePairsDataset):
         """The stored class ids (palette indices), checked to be 0..20 or 255."""
         mask_path = self.samples[index][1]
         mask = read_mask(mask_path)
-        check_mask_ids(mask, self.num_classes, mask_path)
+        check_class_ids(mask, mask_path)
         return mask.astype(np.uint8)
 
 
@@ -123,6 +146,5 @@ class VOCAugDataset(VOCDataset):
     @staticmethod
     def find_pairs(root: str | Path | None, split: str) -> list[tuple[Path, Path]]:
         """``train``: train_aug.txt with SegmentationClassAug; any other split: the official one."""
-        if split == "train":
-            return find_pairs(root, split, masks="SegmentationClassAug", listing="train_aug")
-        return find_pairs(root, split)
+        listing = "train_aug" if split == "train" else split
+        return require_pairs(aug_match_pairs(root, split), f"file(s) listed in the {listing} split are", _HOW_TO_GET)

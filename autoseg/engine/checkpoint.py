@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from autoseg.errors import UserError
+from autoseg.engine.run_lock import LOCK_NAME
 from autoseg.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -83,7 +84,7 @@ def check_run_dir(out: str | Path, resume: bool) -> Path:
             raise UserError(f"cannot resume: {out / 'config.yaml'} does not exist; pass the directory a search or "
                             "retrain run wrote")
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(path.name != LOCK_NAME for path in out.iterdir())):
         raise UserError(f"run directory {out} already exists and is not empty; pass --resume {out} to continue "
                         "it, or choose another --out")
     return out

@@ -8,8 +8,10 @@ batches one process would.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, default_collate
 
 from autoseg.engine.distributed import shard_batch_size
 from autoseg.process import rank, world_size
@@ -57,14 +59,29 @@ def check_segmentation_batch_size(batch_size: int) -> None:
                         f"use --batch-size {2 * world_size()} or more")
 
 
+class SizeGroups(list):
+    """One evaluation batch as a list of ``(images, targets)`` pairs, one per image size: images of
+    different sizes (a validation split of photos) cannot be stacked into one tensor, and padding
+    them would change what the model sees (its image pooling averages over the padding)."""
+
+
+def collate_by_size(samples: list[tuple[Any, ...]]) -> SizeGroups:
+    """Collate the samples of a batch into one stacked group per image size, in order of first appearance."""
+    groups: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+    for sample in samples:
+        groups.setdefault(tuple(sample[0].shape), []).append(sample)
+    return SizeGroups(default_collate(group) for group in groups.values())
+
+
 def evaluation_batches(dataset: Dataset, batch_size: int, max_batches: int | None = None, num_workers: int = 0,
                        pin_memory: bool = False) -> DataLoader:
     """Batches of ``dataset`` in order (only the first ``max_batches`` batches' samples when
-    given); with several processes, every process evaluates every ``world_size``-th sample."""
+    given), each a :class:`SizeGroups`; with several processes, every process evaluates every
+    ``world_size``-th sample."""
     length = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
     indices = range(rank(), length, world_size())
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
-                      pin_memory=pin_memory, generator=_own_generator())
+                      pin_memory=pin_memory, collate_fn=collate_by_size, generator=_own_generator())
 
 
 def _own_generator() -> torch.Generator:

@@ -77,11 +77,17 @@ def output_path(image: Path, out: Path, output_format: str) -> Path:
 
 
 def check_request(formats: list[str], dataset: str, images: list[Path], out: Path) -> None:
-    """Refuse requests whose output would be wrong: ``labelid`` of a model not trained on
-    Cityscapes, of images without Cityscapes names, together with other formats, or into a
-    folder that already holds another prediction of one of the images (the benchmark takes
-    exactly one ``<city>_<seq>_<frame>*.png`` per image).
+    """Refuse requests whose output would be wrong: into the folder of an input image (an
+    output could overwrite an input, and a later run would segment the outputs); ``labelid`` of
+    a model not trained on Cityscapes, of images without Cityscapes names, together with other
+    formats, or into a folder that already holds another prediction of one of the images (the
+    benchmark takes exactly one ``<city>_<seq>_<frame>*.png`` per image).
     """
+    inside = [image for image in images if image.resolve().parent == out.resolve()]
+    if inside:
+        raise UserError(f"--out {out} holds the input image {inside[0]}: predictions written there could overwrite "
+                        "inputs (an input named like an output, e.g. photo_mask.png) and would be taken for inputs "
+                        "next time; give a folder without input images")
     unknown = sorted(set(formats) - set(OUTPUT_FORMATS))
     if unknown:
         raise UserError(f"unknown --format {', '.join(unknown)}: choose from {', '.join(OUTPUT_FORMATS)}")

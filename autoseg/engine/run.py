@@ -7,11 +7,13 @@ every process's RNG state and running figures, resumed bit for bit) and the sequ
 
     for each step of (the rest of) an epoch: the subclass's step -> check -> update
         [-> checkpoint every ``train.checkpoint_every_steps`` steps]
-    [evaluate -> log -> record -> checkpoint]
+    [checkpoint -> evaluate -> log -> record -> checkpoint]
 
 repeated until the configured length. A stop before it (``max_steps``) evaluates for the user
 and writes a checkpoint of the position, but adds no record: the history and the best checkpoint
-never depend on where a run was stopped. A subclass supplies the batches of an epoch, its step (:meth:`~TrainingRun.train_step`,
+never depend on where a run was stopped. The checkpoint before an evaluation holds the evaluation
+still due (``pending_record``), so that a run resumed after a crash in the evaluation evaluates
+first and loses no training. A subclass supplies the batches of an epoch, its step (:meth:`~TrainingRun.train_step`,
 forward and backward) and update, the state of its model and optimisers, and optional hooks
 (what ends an epoch, when to evaluate, what else a record holds, what else to write).
 """
@@ -36,10 +38,11 @@ from autoseg.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from autoseg.engine.distributed import broadcast_buffers, on_main, process_rng_states, restore_process_rng_state
 from autoseg.engine.epoch_data import epoch_batches, evaluation_batches, set_epoch
 from autoseg.engine.epoch_tally import EpochTally
+from autoseg.engine.run_lock import RunLock
 from autoseg.engine.step_guard import (SKIPS_IN_A_ROW_LIMIT, BufferSnapshot, describe, divergence_message,
                                        non_finite_tensors, read_step)
 from autoseg.engine.task import Task
-from autoseg.errors import UserError
+from autoseg.errors import RunInterrupted, UserError
 from autoseg.files import remove_interrupted_writes
 from autoseg.precision import check_amp
 from autoseg.process import gather_objects, is_main, rank
@@ -79,6 +82,9 @@ class TrainingRun(abc.ABC):
     """The scale the model sees evaluation images at (logits are scored at full size)."""
     tracks_train_metric: bool = False
     """Whether the training figures include the task's metric on the training batches."""
+    lock: RunLock | None = None
+    """The main process's lock of the run directory (see :mod:`autoseg.engine.run_lock`), released
+    when :meth:`run` ends."""
 
     def __init__(self, cfg: Any, task: Task, eval_set: Dataset, run_dir: Path, device: torch.device):
         check_amp(cfg.train.amp, device)
@@ -88,6 +94,7 @@ class TrainingRun(abc.ABC):
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.stop_record: dict[str, Any] | None = None
+        self.pending_record: dict[str, Any] | None = None  # an evaluation due, of the checkpoint written before it
         self.tally = self.new_tally()
         self.skips_in_a_row = 0
         self.saved_step: int | None = None
@@ -218,11 +225,14 @@ class TrainingRun(abc.ABC):
         self.tally.skip(kind)
         self.dropped = True
 
+    def kept(self) -> str:
+        """What the run directory keeps of the run now: its last checkpoint, or none."""
+        return (f"the last good checkpoint (step {self.saved_step}) in {self.run_dir} is kept"
+                if self.saved_step is not None else f"no checkpoint was written in {self.run_dir}")
+
     def divergence(self, what: str, step: int) -> str:
         """The one-line error of a run stopped by a non-finite value at ``step``."""
-        kept = (f"the last good checkpoint (step {self.saved_step}) in {self.run_dir} is kept"
-                if self.saved_step is not None else f"no checkpoint was written in {self.run_dir}")
-        return divergence_message(what, step, self.epoch + 1, kept, self.skipping)
+        return divergence_message(what, step, self.epoch + 1, self.kept(), self.skipping)
 
     def train_one_epoch(self, writer: SummaryWriter | None) -> dict[str, Any]:
         """Train (the rest of) the current epoch, or until the run must stop; returns its training
@@ -283,16 +293,22 @@ class TrainingRun(abc.ABC):
         config["train"]["max_steps"] = None
         return {"kind": self.kind, **self.training_state(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "history": self.history,
-                "stop_record": self.stop_record, "skips_in_a_row": self.skips_in_a_row, "rng": process_rng_states(),
+                "stop_record": self.stop_record, "pending_record": self.pending_record,
+                "skips_in_a_row": self.skips_in_a_row, "rng": process_rng_states(),
                 "running": gather_objects(self.tally.state_dict()), "config": config}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`."""
+        """Restore a :meth:`state_dict`; a checkpoint of the other kind (search, retrain) is a UserError."""
+        kind = state.get("kind", self.kind)
+        if kind != self.kind:
+            raise UserError(f"{self.run_dir / CHECKPOINT_NAME} is a {kind} checkpoint, not a {self.kind} one: continue "
+                            f"it with autoseg {kind} --resume {self.run_dir}")
         self.load_training_state(state)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], state["history"]
         self.skips_in_a_row = state.get("skips_in_a_row", 0)
         self.stop_record = state.get("stop_record")
+        self.pending_record = state.get("pending_record")
         restore_process_rng_state(state["rng"])
         self.tally = self.new_tally()
         if "running" in state:  # checkpoints of earlier versions kept no running figures
@@ -321,29 +337,43 @@ class TrainingRun(abc.ABC):
             self.stop_record = None  # the run goes on from its stop
         record: dict[str, Any] = self.stop_record or (self.history[-1] if self.history else {})
         try:
-            while not self.stopped():
-                self.model.train()
-                train = self.train_one_epoch(writer)
-                epoch = self.epoch + 1
-                complete = self.step_in_epoch >= self.steps_per_epoch
-                if complete:
-                    self.end_epoch()
-                    self.epoch, self.step_in_epoch = epoch, 0
-                evaluate = self.finished() or complete and self.should_evaluate()
-                stop = not evaluate and self.stopped()
-                if evaluate:
-                    record = self.record(epoch, train, writer)
-                elif stop:
-                    record = self.stop_record = self.stop_evaluation(epoch, train)
-                if complete:
+            while self.pending_record is not None or not self.stopped():
+                if self.pending_record is None:
+                    self.model.train()
+                    train = self.train_one_epoch(writer)
+                    epoch = self.epoch + 1
+                    complete = self.step_in_epoch >= self.steps_per_epoch
+                    if complete:
+                        self.end_epoch()
+                        self.epoch, self.step_in_epoch = epoch, 0
+                    if self.finished() or complete and self.should_evaluate():
+                        self.pending_record = {"epoch": epoch, "train": train, "complete": complete}
+                        self.save(outputs=False)  # an evaluation that fails loses none of the training
+                        continue
+                    stop = self.stopped()
+                    if stop:
+                        record = self.stop_record = self.stop_evaluation(epoch, train)
+                    if complete:
+                        self.tally = self.new_tally()
+                    if stop:
+                        self.save()
+                    elif complete and self.checkpoint_due():
+                        self.save(outputs=False)
+                    continue
+                pending = self.pending_record
+                record = self.record(pending["epoch"], pending["train"], writer)
+                if pending["complete"]:
                     self.tally = self.new_tally()
-                if evaluate or stop:
-                    self.save()
-                elif complete and self.checkpoint_due():
-                    self.save(outputs=False)
+                self.pending_record = None
+                self.save()
+        except KeyboardInterrupt as interrupt:
+            what = "continue with" if self.saved_step is not None else "start it over with"
+            raise RunInterrupted(f"{self.kept()}; {what} --resume {self.run_dir}") from interrupt
         finally:
             if writer is not None:
                 writer.close()
+            if self.lock is not None:
+                self.lock.release()
         return record
 
     def evaluation(self, epoch: int, train: dict[str, Any]) -> dict[str, Any]:

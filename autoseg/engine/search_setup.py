@@ -16,11 +16,13 @@ __all__ = ["build_search_data", "build_search_method", "build_search_network", "
 
 
 def check_space_and_dataset(cfg: SearchConfig) -> None:
-    """Raise unless the configured dataset has the task the search space is for."""
+    """Raise unless the configured dataset has the task the search space is for, and the data
+    settings fit the space (:attr:`~autoseg.search.spaces.SearchSpace.check_data`)."""
     space = get_space(cfg.mode)
     if dataset_task(cfg.data.dataset) != space.task:
         raise UserError(f"dataset {cfg.data.dataset!r} does not go with search mode {cfg.mode!r} ({space.description}):"
                         f" it searches on {space.task} data (use the matching config)")
+    space.check_data(cfg)
 
 
 def build_search_method(cfg: SearchConfig, network: SearchNetwork) -> SearchMethod:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from autoseg.data import dataset_num_classes, dataset_task
 from autoseg.config import LossConfig
+from autoseg.engine.epoch_data import SizeGroups
 from autoseg.data.transforms import IGNORE_INDEX
 from autoseg.inference import InferenceProtocol
 from autoseg.losses import training_criterion
@@ -87,7 +88,8 @@ class Task:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device, amp: str | None = None,
                  input_scale: float = 1.0, protocol: InferenceProtocol = InferenceProtocol()) -> dict[str, Any]:
-        """The model's mean loss and metrics (:meth:`metrics`) over ``loader``, in eval mode
+        """The model's mean loss and metrics (:meth:`metrics`) over ``loader`` (of ``(images, targets)``
+        batches, or of :class:`~autoseg.engine.epoch_data.SizeGroups` of them), in eval mode
         (left in eval mode); over every process's loader in a run of several processes.
 
         Segmentation: with ``input_scale`` the model sees each image resized by that factor (the
@@ -100,14 +102,16 @@ class Task:
         model.eval()
         meter = self.meter()
         loss, count = 0.0, 0
-        for images, target in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True,
-                                   disable=None if is_main() else True):
-            images, target = images.to(device), target.to(device)
-            with autocast(device, amp):
-                logits = protocol.logits(model, images) if self.segmentation else main_logits(model(images)).float()
-            batch_loss, batch_count = self.loss_sum(logits, target)
-            loss, count = loss + batch_loss, count + batch_count
-            meter.update(logits, target)
+        batches = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=None if is_main() else True)
+        for batch in batches:
+            for images, target in batch if isinstance(batch, SizeGroups) else [batch]:
+                images, target = images.to(device), target.to(device)
+                with autocast(device, amp):
+                    logits = (protocol.logits(model, images) if self.segmentation
+                              else main_logits(model(images)).float())
+                batch_loss, batch_count = self.loss_sum(logits, target)
+                loss, count = loss + batch_loss, count + batch_count
+                meter.update(logits, target)
         meter.all_reduce()
         loss, count = sum_over_processes([loss, count])
         return {"loss": loss / max(count, 1), **self.metrics(meter)}

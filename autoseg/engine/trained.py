@@ -6,6 +6,7 @@ The retrain loop writes one :class:`TrainedModelMeta` into every checkpoint (key
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,16 @@ class TrainedModelMeta:
 
 def load_trained_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """The file and the contents of a retrain checkpoint (a run directory, ``best.pt`` or
-    ``checkpoint.pt``); a run directory gives its ``best.pt`` when there is one."""
+    ``checkpoint.pt``); a run directory gives its ``best.pt`` when there is one, else its partial
+    ``checkpoint.pt``, which a note on stderr names."""
     path = Path(path)
-    if path.is_dir() and (path / BEST_NAME).is_file():
+    partial = path.is_dir() and not (path / BEST_NAME).is_file()
+    if path.is_dir() and not partial:
         path = path / BEST_NAME
     state = load_checkpoint(path)
+    if partial and state.get("kind") == "retrain":
+        print(f"note: {path} has no {BEST_NAME} (no evaluation of the run finished): using its partial "
+              f"{CHECKPOINT_NAME} of step {state.get('global_step')}", file=sys.stderr)
     if state.get("kind") != "retrain":
         raise UserError(f"{path} is not a checkpoint of tools/retrain.py (search checkpoints hold a supernet: "
                         "decode it with tools/decode.py and retrain the result)")

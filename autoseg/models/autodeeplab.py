@@ -226,6 +226,10 @@ class AutoDeepLab(nn.Module):
         return resize(logits, x.shape[-2:])
 
 
+PUBLISHED_FILTER_MULTIPLIERS = {"autodeeplab-paper": 20, "autodeeplab-s": 20, "autodeeplab-m": 32, "autodeeplab-l": 48}
+"""Name -> filter multiplier of the published Auto-DeepLab networks (``autodeeplab-paper``'s is its default)."""
+
+
 @register_model("autodeeplab-paper")
 def autodeeplab_paper(num_classes: int, filter_multiplier: int = 20, **kwargs: Any) -> AutoDeepLab:
     """The published Auto-DeepLab network (path and cell of the paper), F=20 unless given."""
@@ -235,19 +239,19 @@ def autodeeplab_paper(num_classes: int, filter_multiplier: int = 20, **kwargs: A
 @register_model("autodeeplab-s")
 def autodeeplab_s(num_classes: int, **kwargs: Any) -> AutoDeepLab:
     """Auto-DeepLab-S: the published network with F=20 (10.15 M parameters for 19 classes)."""
-    return autodeeplab_paper(num_classes, filter_multiplier=20, **kwargs)
+    return autodeeplab_paper(num_classes, filter_multiplier=PUBLISHED_FILTER_MULTIPLIERS["autodeeplab-s"], **kwargs)
 
 
 @register_model("autodeeplab-m")
 def autodeeplab_m(num_classes: int, **kwargs: Any) -> AutoDeepLab:
     """Auto-DeepLab-M: the published network with F=32 (21.62 M parameters for 19 classes)."""
-    return autodeeplab_paper(num_classes, filter_multiplier=32, **kwargs)
+    return autodeeplab_paper(num_classes, filter_multiplier=PUBLISHED_FILTER_MULTIPLIERS["autodeeplab-m"], **kwargs)
 
 
 @register_model("autodeeplab-l")
 def autodeeplab_l(num_classes: int, **kwargs: Any) -> AutoDeepLab:
     """Auto-DeepLab-L: the published network with F=48 (44.42 M parameters for 19 classes)."""
-    return autodeeplab_paper(num_classes, filter_multiplier=48, **kwargs)
+    return autodeeplab_paper(num_classes, filter_multiplier=PUBLISHED_FILTER_MULTIPLIERS["autodeeplab-l"], **kwargs)
 
 
 def autodeeplab_from_arch(arch: NetworkArch | Mapping[str, Any], num_classes: int, **kwargs: Any) -> AutoDeepLab:

@@ -54,10 +54,11 @@ from segmentation_models_pytorch.encoders._base import EncoderMixin
 from autoseg.architecture import DEFAULT_FILTER_MULTIPLIER, NetworkArch
 from autoseg.errors import UserError
 from autoseg.genotype import AUTODEEPLAB_CELL, AUTODEEPLAB_PATH, CellGenotype
-from autoseg.models.autodeeplab import BN_EPS, BN_MOMENTUM, STEM_CHANNELS, AutoDeepLabBackbone, resize
+from autoseg.models.autodeeplab import (BN_EPS, BN_MOMENTUM, PUBLISHED_FILTER_MULTIPLIERS, STEM_CHANNELS,
+                                       AutoDeepLabBackbone, resize)
 from autoseg.models.smp_baseline import ARCH_ENCODER
 
-PUBLISHED = {"autodeeplab-paper": 20, "autodeeplab-s": 20, "autodeeplab-m": 32, "autodeeplab-l": 48}
+PUBLISHED = PUBLISHED_FILTER_MULTIPLIERS
 """Encoder name -> filter multiplier of the published Auto-DeepLab backbones."""
 
 MAX_DEPTH = 5

@@ -16,6 +16,10 @@ from autoseg.errors import UserError
 from autoseg.genotype import GENOTYPES
 from autoseg.models.registry import create_model
 from autoseg.models.smp_baseline import ARCH_ENCODER, SMP_PREFIX
+from autoseg.models.autodeeplab import PUBLISHED_FILTER_MULTIPLIERS
+
+CLASSIFICATION_MODELS = ("darts-cifar",)
+"""The models (spec names) that classify whole images; every other model segments."""
 
 
 def model_spec(arch: str, **kwargs: Any) -> dict[str, Any]:
@@ -46,3 +50,15 @@ def build_model(spec: dict[str, Any], num_classes: int) -> nn.Module:
         return create_model(spec["name"], num_classes, **spec["kwargs"])
     except TypeError as exc:
         raise UserError(f"model {spec['name']!r} does not take these settings: {exc}") from exc
+
+
+def model_task(spec: dict[str, Any]) -> str:
+    """What the model of ``spec`` does: ``classification`` or ``segmentation``."""
+    return "classification" if spec["name"] in CLASSIFICATION_MODELS else "segmentation"
+
+
+def fixed_filter_multiplier(arch: str) -> int | None:
+    """The filter multiplier F that a named published network fixes (``autodeeplab-s/m/l``, also as
+    the encoder of ``smp:<Arch>:...``), or None when ``arch`` lets F be chosen."""
+    name = arch.rpartition(":")[2] if arch.startswith(SMP_PREFIX) else arch
+    return PUBLISHED_FILTER_MULTIPLIERS.get(name) if name != "autodeeplab-paper" else None

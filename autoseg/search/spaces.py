@@ -17,6 +17,7 @@ from autoseg.genotype import Genotype
 from autoseg.search.darts_network import DartsSearchNetwork
 from autoseg.search.network import SearchNetwork
 from autoseg.search.trellis_network import TrellisSearchNetwork
+from autoseg.trellis import check_crop_size
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class SearchSpace:
     dataset's own), whether the search's held-out evaluation is on half B of the training data
     (``evaluates_on_half_b``, the DARTS code's way) rather than the validation split, the
     ``architecture`` type it decodes to, and whether it has a cost model for the cost-aware
-    search (``has_cost_model``)."""
+    search (``has_cost_model``); ``check_data(config)`` raises a UserError when the config's data
+    settings cannot be searched in this space (before anything is written)."""
 
     name: str
     task: str
@@ -38,12 +40,22 @@ class SearchSpace:
     architecture: type[Architecture]
     has_cost_model: bool
     description: str
+    check_data: Callable[[SearchConfig], None]
 
 
 def _darts_cells(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
     m = cfg.model
     return DartsSearchNetwork(num_classes, m.init_channels, m.layers, m.blocks, m.multiplier, m.stem_multiplier,
                               m.primitives, **m.collapse_guards(), selective_checkpoint=m.selective_checkpoint)
+
+
+def _any_data(cfg: SearchConfig) -> None:
+    """Every data setting fits the space."""
+
+
+def _crop_reaches_the_deepest_level(cfg: SearchConfig) -> None:
+    if cfg.data.crop_size is not None:
+        check_crop_size(cfg.data.crop_size, cfg.model.levels)
 
 
 def _trellis(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
@@ -55,9 +67,10 @@ def _trellis(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
 
 SEARCH_SPACES: dict[str, SearchSpace] = {space.name: space for space in (
     SearchSpace("cifar", "classification", SearchConfig.MODEL_TYPES["cifar"], _darts_cells, None, True, Genotype,
-                False, "DARTS normal and reduction cells on classification data (CIFAR-10)"),
+                False, "DARTS normal and reduction cells on classification data (CIFAR-10)", _any_data),
     SearchSpace("hierarchical", "segmentation", SearchConfig.MODEL_TYPES["hierarchical"], _trellis, "search", False,
-                NetworkArch, True, "the Auto-DeepLab trellis: one cell and a network path, on segmentation data"),
+                NetworkArch, True, "the Auto-DeepLab trellis: one cell and a network path, on segmentation data",
+                _crop_reaches_the_deepest_level),
 )}
 """Every search space, by the ``mode`` that names it."""
 

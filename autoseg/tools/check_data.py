@@ -3,8 +3,10 @@
     autoseg check_data --dataset cityscapes --data-root data/cityscapes
     autoseg check_data --dataset folder --data-root data/mydata --num-classes 5 --split train
 
-Reads image sizes from the file headers and decodes each mask once (class ids, size against its
-image); unreadable files and images without a mask are reported too. The findings are cached
+Decodes each image and mask once, as training reads them (pixels as stored: an EXIF orientation
+tag is ignored for images and masks alike): truncated or damaged images, class ids the dataset
+does not define, masks of another size than their image and images without a mask are all
+reported. Every file-based dataset is checked (folder, cityscapes, voc, voc_aug, ade20k). The findings are cached
 (next to the data, else in --cache-dir or the user's cache folder), so a second check reads only
 the files that changed. Exit status 0 when every split is clean, 2 when there is any problem.
 """

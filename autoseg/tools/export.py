@@ -32,6 +32,7 @@ from torch import nn
 
 from autoseg.engine.trained import TrainedModelMeta, load_trained_model
 from autoseg.errors import UserError
+from autoseg.files import require_writable_folder
 
 RELATIVE_TOLERANCE = 1e-3
 """Largest accepted |onnxruntime - PyTorch| difference, relative to the largest |logit| (at least 1)."""
@@ -68,7 +69,6 @@ def default_size(meta: TrainedModelMeta, config: dict[str, Any]) -> int:
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int,
                 dynamic_axes: dict[str, dict[int, str]] | None) -> None:
     """Write ``model`` traced on ``example`` to ``path`` with input ``image`` and output ``logits``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The legacy exporter warns that it is legacy, and the tracer about every shape it turns into
     # a constant; the onnxruntime comparison afterwards checks what those warnings are about.
     with warnings.catch_warnings():
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.onnx.is_dir():
         raise UserError(f"--onnx {args.onnx} is a folder: give the path of the .onnx file to write")
     model, meta, state = load_trained_model(args.checkpoint, "cpu")
+    require_writable_folder(args.onnx.parent, "the folder of --onnx")
     side = default_size(meta, state["config"])
     height, width = (side if given is None else given for given in (args.height, args.width))
     if min(height, width) < 1:

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.data.folder import read_image
+from autoseg.data.folder import read_image, read_image_size
 from autoseg.engine.checkpoint import resolve_device
 from autoseg.engine.inference import predict_mask
 from autoseg.engine.trained import load_trained_model
 from autoseg.errors import UserError
+from autoseg.files import require_writable_folder
 from autoseg.inference import add_protocol_arguments, protocol_from_args
 from autoseg.engine.prediction_files import (DEFAULT_FORMATS, OUTPUT_FORMATS, RESULT_KEYS, check_request,
                                       collect_images, write_outputs)
@@ -40,8 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_DIR",
                         help="image files or folders of images")
     parser.add_argument("--out", type=Path, required=True,
-                        help="folder for the PNGs; it may exist already: only the outputs of the input images are "
-                             "overwritten, other files are left alone")
+                        help="folder for the PNGs, not one holding input images; it may exist already: only the "
+                             "outputs of the input images are overwritten, other files are left alone")
     parser.add_argument("--format", nargs="+", choices=OUTPUT_FORMATS, default=list(DEFAULT_FORMATS),
                         help="what to write per image: color (mask), overlay, trainid (class indices), labelid "
                              "(Cityscapes benchmark submission); default: color overlay")
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[str]]:
         raise UserError(f"{args.checkpoint} is a {meta.task} model: predict draws segmentation masks "
                         "(use autoseg evaluate to score a classifier)")
     check_request(formats, meta.dataset, images, args.out)
+    for path in images:  # every image is one the protocol can run, before anything is written
+        protocol.check_image_size(*read_image_size(path), name=str(path))
+    require_writable_folder(args.out, "--out")
     palette = np.asarray(meta.palette, dtype=np.uint8)
     written: dict[str, list[str]] = {RESULT_KEYS[output_format]: [] for output_format in formats}
     for path in images:

@@ -42,7 +42,7 @@ from autoseg.engine.task import Task, build_task
 from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
 from autoseg.errors import UserError
 from autoseg.models import count_parameters
-from autoseg.models.spec import build_model, model_spec
+from autoseg.models.spec import build_model, fixed_filter_multiplier, model_spec, model_task
 from autoseg.process import is_main, world_size
 from autoseg.profiling import profile_model
 
@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> RetrainConfig:
-    """The saved config when resuming, else the YAML file plus the flags."""
+    """The saved config when resuming, else the YAML file plus the flags; a named published network
+    (autodeeplab-s/m/l) drops the config's filter multiplier, and refuses --filter-multiplier."""
     if args.resume is not None:
         if args.init_from is not None:
             raise UserError("--init-from starts a new run from another run's weights, --resume continues a run from "
@@ -78,6 +79,13 @@ def resolve_config(args: argparse.Namespace) -> RetrainConfig:
     cfg = load_config(args.config or default_config("retrain", DEFAULT_CONFIGS.get(args.dataset), "synthetic"),
                       RetrainConfig)
     apply_overrides(cfg, args, RETRAIN_FLAGS)
+    fixed = fixed_filter_multiplier(cfg.model.arch)
+    if fixed is not None and cfg.model.filter_multiplier is not None:
+        if args.filter_multiplier is not None:
+            raise UserError(f"--filter-multiplier {args.filter_multiplier} clashes with --arch {cfg.model.arch}, whose "
+                            f"filter multiplier is fixed at {fixed}: leave out --filter-multiplier, or choose F with "
+                            "autodeeplab-paper in place of the preset's name")
+        cfg.model.filter_multiplier = None  # a named published network wins over the config's default
     return cfg
 
 
@@ -88,6 +96,10 @@ def build(cfg: RetrainConfig, task: Task, resumed: bool = False) -> tuple[nn.Mod
     m = cfg.model
     spec = model_spec(m.arch, filter_multiplier=m.filter_multiplier, bn_momentum=m.bn_momentum, C=m.init_channels,
                       layers=m.layers, auxiliary=m.auxiliary, encoder_weights=m.encoder_weights)
+    if model_task(spec) != task.kind:
+        raise UserError(f"--arch {m.arch} is a {model_task(spec)} model but {cfg.data.dataset} is {task.kind} data: "
+                        + ("use a segmentation model (autodeeplab-s, an arch.json, smp:<Arch>:<encoder>)"
+                           if task.segmentation else "use DARTS_V2, darts-cifar or a genotype.json"))
     model = build_model(spec, task.num_classes)
     if m.init_from is not None and not resumed:  # a resumed run continues from its own checkpoint
         report = init_from_checkpoint(model, m.init_from)
