@@ -183,6 +183,7 @@ TOOLS: dict[str, str] = {
     "check_data": "check every image and mask of a dataset and list every problem",
     "sample": "draw random architectures from a search space (the baseline a search must beat)",
     "benchmark_search": "searched vs random architectures, retrained under one budget: does search beat random?",
+    "ground_truth": "retrain architectures drawn from a search space under one protocol: the space's ground truth",
 }
 """The tools ``autoseg`` runs, each a module of :mod:`autoseg.tools` with a ``main(argv)``."""
 
