@@ -23,6 +23,8 @@ from typing import Any
 
 from autoseg.errors import UserError
 from autoseg.files import atomic_write, read_json, write_json
+from autoseg.search_quality import (cost_matched_percentile, expected_best_of_k, group_statistics, percentile,
+                                    protocol_noise, regret)
 
 TABLE_DIR = Path(__file__).resolve().parent
 """Where the shipped tables live."""
@@ -73,6 +75,32 @@ def repeated_pairs(table: dict[str, Any]) -> list[tuple[float, float]]:
     first, second = (({row["index"]: row["final"] for row in rows_of_seed(table, seed)})
                      for seed in retrain_seeds(table))
     return [(first[index], second[index]) for index in sorted(first.keys() & second.keys())]
+
+
+def summary(table: dict[str, Any]) -> dict[str, Any]:
+    """What the table says of its space: ``rows`` (all), ``architectures`` (rows of the first seed),
+    the ``mean``, ``std``, ``best`` and ``median`` of their final metric, and the protocol's
+    ``noise`` (:func:`~autoseg.search_quality.protocol_noise`; None with fewer than two repeats)."""
+    finals = sorted(row["final"] for row in rows_of_seed(table))
+    pairs = repeated_pairs(table)
+    middle = len(finals) // 2
+    return {"rows": len(table["rows"]), "architectures": len(finals), **group_statistics(finals),
+            "best": finals[-1], "median": (finals[middle] + finals[~middle]) / 2,
+            "noise": protocol_noise(pairs) if len(pairs) >= 2 else None}
+
+
+def score_against(table: dict[str, Any], final: float, madds: float, k: float | None = None,
+                  tolerance: float = 0.1) -> dict[str, Any]:
+    """Score an architecture retrained under the table's protocol (its final metric and Multi-Adds at
+    the protocol's input size) against the table's architectures (rows of the first seed):
+    ``percentile``, ``regret``, ``cost_matched`` (percentile among those within ``tolerance`` of its
+    Multi-Adds, and their number) and, given ``k`` (e.g. search time / retrain time),
+    ``random_search``: the expected best of k architectures drawn from the table."""
+    rows = rows_of_seed(table)
+    finals = [row["final"] for row in rows]
+    return {"percentile": percentile(final, finals), "regret": regret(final, finals),
+            "cost_matched": cost_matched_percentile(final, madds, finals, [row["madds"] for row in rows], tolerance),
+            "random_search": None if k is None else expected_best_of_k(finals, k)}
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
