@@ -190,3 +190,11 @@ def test_bad_numbers_are_refused_at_once(tool, tmp_path):
     with pytest.raises(UserError, match="--table must name a .json file"):
         tool("ground_truth")(["--table", str(tmp_path / "t.csv")])
     assert not any(tmp_path.iterdir())
+
+
+def test_a_spent_time_budget_starts_no_row(tool, tiny_synthetic_config, tiny_retrain_config, tmp_path, capsys):
+    table_file = tmp_path / "gt.json"
+    table = tool("ground_truth")(["--config", str(tiny_synthetic_config), "--retrain-config", str(tiny_retrain_config),
+                                  "-n", "2", "--table", str(table_file), "--time-budget", "1e-9"])
+    assert table["rows"] == [] and not table_file.exists() and not (tmp_path / "runs").exists()
+    assert "time budget of 0 s spent" in capsys.readouterr().out

@@ -52,6 +52,9 @@ PLACE_KEYS = ("data.root", "data.num_workers", "train.device")
 """Retrain settings that say where the data and the computation are, not what is trained: a table
 may grow on another machine with other values of them."""
 
+DEFAULT_REPEATS = 20
+"""Draws retrained with the second seed unless ``--repeats`` says otherwise (the issue's minimum)."""
+
 RUN_ONLY_KEYS = ("name", "group", "arch_file", "retrain_dir")
 """Keys of a benchmark row that name run files, which a table does not keep."""
 
@@ -68,8 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                                   "the CSV goes beside it")
     parser.add_argument("-n", "--architectures", type=int, default=150,
                         help="N: architectures to draw and retrain (default 150)")
-    parser.add_argument("--repeats", type=int, default=20,
-                        help="M: the first M draws are retrained again with a second seed (default 20)")
+    parser.add_argument("--repeats", type=int,
+                        help="M: the first M draws are retrained again with a second seed (default 20, at most N)")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the draws (default 0)")
     parser.add_argument("--work", type=Path, help="where the retrainings run (default runs/ground_truth/<table name>)")
     parser.add_argument("--keep-runs", action="store_true", help="keep each retraining's run directory")
@@ -84,8 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Every bad number on the command line, as one UserError."""
+    """Fill in the default of ``--repeats``; every bad number on the command line, as one UserError."""
     problems = []
+    if args.repeats is None:
+        args.repeats = min(DEFAULT_REPEATS, args.architectures)
     if args.architectures < 1:
         problems.append(f"-n must be at least 1, got {args.architectures}")
     if not 0 <= args.repeats <= args.architectures:
