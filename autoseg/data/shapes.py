@@ -2,13 +2,13 @@
 
 The second embedded task, of another character than the street scenes of ``synthetic``: each
 image holds two or three large shapes (a disc or ellipse, a box, a triangle; each 6-14 % of the
-image's area, rotated at random, wholly inside the image, not touching) on a textured background. Within an image all
-shapes wear the same texture (one colour, grain and blotches), so nothing local tells a disc's
-pixels from a box's: the class of a pixel inside a shape is given only by the shape's outline,
-up to a third of the image away from the pixel. The areas of the three classes are drawn from the
-same range, so the size tells nothing either. Telling shape from background is local (another
-texture), telling the shapes apart is not. The background's and the shapes' colours are drawn
-from the same range, so colour does not say which is which across images.
+image's area, rotated at random, wholly inside the image, not touching) on a smooth mottled
+background. All shapes of an image wear the same texture (stripes of one colour, direction and
+period), so nothing local tells a disc's pixels from a box's: the class of a pixel inside a
+shape is given only by the shape's outline, up to half the shape's width away. The areas of
+the three classes are drawn from the same range, so the size tells nothing either. Telling shape
+from background is local (stripes against a smooth surface), telling the shapes apart is not.
+The background's and the shapes' colours are drawn from the same range, so colour tells nothing.
 
 Generated like ``synthetic``: deterministic from ``(seed, split, index)``, no file, any size.
 """
@@ -28,7 +28,7 @@ PALETTE = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200)], dty
 AREA_RANGE = (0.06, 0.14)
 """Area of each shape, as a fraction of the image's."""
 _PLACEMENT_TRIES = 50  # positions tried for a shape before it is left out
-_MIN_CONTRAST = 60.0  # grey levels (Euclidean, RGB) between the background's colour and the shapes'
+_MIN_CONTRAST = 40.0  # grey levels (Euclidean, RGB) between the background's colour and the shapes'
 
 
 def shape_outline(kind: int, centre: tuple[float, float], area: float, angle: float, aspect: float) -> np.ndarray:
@@ -59,6 +59,16 @@ def _texture_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(40, 215, 3).astype(np.float32)
 
 
+def _striped(canvas: Canvas, colour: np.ndarray) -> np.ndarray:
+    """``colour`` in stripes of a random direction and a period of 4-6 pixels, with some grain: a
+    texture a few pixels tell from the smooth background."""
+    rng = canvas.rng
+    turn, period = rng.uniform(0, math.pi), rng.uniform(4, 6)
+    ys, xs = np.mgrid[0:canvas.height, 0:canvas.width].astype(np.float32)
+    wave = np.sign(np.sin(2 * math.pi * (xs * math.cos(turn) + ys * math.sin(turn)) / period))
+    return canvas.texture(colour, grain=rng.uniform(2, 5), blotch=0) + (rng.uniform(25, 45) * wave)[..., None]
+
+
 def render_shapes(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image of shapes: (RGB uint8 ``HxWx3`` image, uint8 ``HxW`` mask of class ids)."""
     canvas = Canvas(height, width, rng)
@@ -67,9 +77,9 @@ def render_shapes(height: int, width: int, rng: np.random.Generator) -> tuple[np
     while np.linalg.norm(foreground - background) < _MIN_CONTRAST:
         foreground = _texture_colour(rng)
     everywhere = canvas.blank() + 1
-    canvas.paint(everywhere, canvas.texture(background, grain=rng.uniform(4, 14), blotch=rng.uniform(6, 14)),
+    canvas.paint(everywhere, canvas.texture(background, grain=rng.uniform(2, 5), blotch=rng.uniform(8, 16)),
                  BACKGROUND)
-    pixels = canvas.texture(foreground, grain=rng.uniform(4, 14), blotch=rng.uniform(6, 14))
+    pixels = _striped(canvas, foreground)
     taken = canvas.blank()
     for kind in rng.choice([DISC, BOX, TRIANGLE], size=int(rng.integers(2, 4)), replace=True):
         area = rng.uniform(*AREA_RANGE) * height * width
