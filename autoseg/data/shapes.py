@@ -2,13 +2,13 @@
 
 The second embedded task, of another character than the street scenes of ``synthetic``: each
 image holds two or three large shapes (a disc or ellipse, a box, a triangle; each 6-14 % of the
-image's area, rotated at random, wholly inside the image, not touching) on a smooth mottled
-background. All shapes of an image wear the same texture (stripes of one colour, direction and
-period), so nothing local tells a disc's pixels from a box's: the class of a pixel inside a
-shape is given only by the shape's outline, up to half the shape's width away. The areas of
-the three classes are drawn from the same range, so the size tells nothing either. Telling shape
-from background is local (stripes against a smooth surface), telling the shapes apart is not.
-The background's and the shapes' colours are drawn from the same range, so colour tells nothing.
+image's area, rotated at random, wholly inside the image, not touching) on a mottled grey
+background. All shapes of an image wear the same texture (stripes of one saturated colour,
+direction and period), so nothing local tells a disc's pixels from a box's: the class of a pixel
+inside a shape is given only by the shape's outline, up to half the shape's width away. The
+areas of the three classes are drawn from the same range, so the size tells nothing either.
+Telling shape from background is local (colour against grey, stripes against a smooth surface),
+telling the shapes apart is not.
 
 Generated like ``synthetic``: deterministic from ``(seed, split, index)``, no file, any size.
 """
@@ -28,7 +28,6 @@ PALETTE = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200)], dty
 AREA_RANGE = (0.06, 0.14)
 """Area of each shape, as a fraction of the image's."""
 _PLACEMENT_TRIES = 50  # positions tried for a shape before it is left out
-_MIN_CONTRAST = 40.0  # grey levels (Euclidean, RGB) between the background's colour and the shapes'
 
 
 def shape_outline(kind: int, centre: tuple[float, float], area: float, angle: float, aspect: float) -> np.ndarray:
@@ -54,9 +53,15 @@ def shape_outline(kind: int, centre: tuple[float, float], area: float, angle: fl
     return points @ rotation.T + np.asarray(centre)
 
 
-def _texture_colour(rng: np.random.Generator) -> np.ndarray:
-    """A colour drawn uniformly from the RGB cube's middle."""
-    return rng.uniform(40, 215, 3).astype(np.float32)
+def _grey(rng: np.random.Generator) -> np.ndarray:
+    """A grey of random brightness with a slight tint: the background's colour."""
+    return (rng.uniform(60, 190) + rng.uniform(-12, 12, 3)).astype(np.float32)
+
+
+def _saturated(rng: np.random.Generator) -> np.ndarray:
+    """A saturated colour of random hue: the shapes' colour."""
+    hue = np.array([[[rng.integers(180), rng.integers(170, 256), rng.integers(150, 256)]]], dtype=np.uint8)
+    return cv2.cvtColor(hue, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
 def _striped(canvas: Canvas, colour: np.ndarray) -> np.ndarray:
@@ -72,10 +77,7 @@ def _striped(canvas: Canvas, colour: np.ndarray) -> np.ndarray:
 def render_shapes(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image of shapes: (RGB uint8 ``HxWx3`` image, uint8 ``HxW`` mask of class ids)."""
     canvas = Canvas(height, width, rng)
-    background = _texture_colour(rng)
-    foreground = _texture_colour(rng)
-    while np.linalg.norm(foreground - background) < _MIN_CONTRAST:
-        foreground = _texture_colour(rng)
+    background, foreground = _grey(rng), _saturated(rng)
     everywhere = canvas.blank() + 1
     canvas.paint(everywhere, canvas.texture(background, grain=rng.uniform(2, 5), blotch=rng.uniform(8, 16)),
                  BACKGROUND)
