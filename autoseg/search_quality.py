@@ -6,11 +6,19 @@ frustratingly hard", ICLR 2020): retrained under one identical budget, do the se
 architectures score above architectures drawn at random from the same space? Pure functions
 over the per-architecture results: group means and sample standard deviations, the plain
 verdict, and the table (Markdown) a benchmark prints and writes.
+
+Scoring against a ground-truth table of the space (:mod:`autoseg.ground_truth`; NAS-Bench-201,
+Dong & Yang, ICLR 2020): a score's percentile among the table's, its regret to the table's best,
+its percentile among the table's architectures of similar cost, the expected best of k random
+architectures (random search with the same compute), Kendall's tau-b between two rankings (a
+one-shot score against the truth), and the noise of the retraining protocol itself.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Sequence
+
+import numpy as np
 
 METRIC_LABELS = {"miou": "mIoU", "acc": "top-1"}
 """How a task's metric is named in tables."""
@@ -86,3 +94,86 @@ def results_markdown(rows: Sequence[dict[str, Any]], comparison: dict[str, Any])
     lines += ["", f"| group | final {label} mean ± std (n) |", "|---|---|"]
     lines += [f"| {group} | {_mean_pm(comparison[group])} |" for group in GROUPS]
     return "\n".join(lines + ["", comparison["statement"]]) + "\n"
+
+
+def percentile(score: float, scores: Sequence[float]) -> float:
+    """The percentile of ``score`` among ``scores``: the percentage of them below it, ties counted
+    half (``scipy.stats.percentileofscore(kind="mean")``); 100 beats every one, 50 is the median."""
+    if not scores:
+        raise ValueError("a percentile needs at least one score to compare with")
+    below = sum(value < score for value in scores)
+    equal = sum(value == score for value in scores)
+    return 100.0 * (below + 0.5 * equal) / len(scores)
+
+
+def regret(score: float, scores: Sequence[float]) -> float:
+    """How far ``score`` lies below the best of ``scores`` (negative when it beats them all)."""
+    if not scores:
+        raise ValueError("a regret needs at least one score to compare with")
+    return max(scores) - score
+
+
+def cost_matched_percentile(score: float, cost: float, scores: Sequence[float], costs: Sequence[float],
+                            tolerance: float = 0.1) -> dict[str, Any]:
+    """The percentile of ``score`` among the ``scores`` whose cost (e.g. Multi-Adds) lies within
+    ``tolerance`` (relative: 0.1 is +-10 %) of ``cost``: ``percentile`` (None when none does) and
+    ``n``, how many did."""
+    if len(scores) != len(costs):
+        raise ValueError(f"{len(scores)} scores but {len(costs)} costs")
+    matched = [value for value, other in zip(scores, costs) if abs(other - cost) <= tolerance * cost]
+    return {"percentile": percentile(score, matched) if matched else None, "n": len(matched)}
+
+
+def expected_best_of_k(scores: Sequence[float], k: float) -> float:
+    """The expected best of ``k`` architectures drawn at random, with replacement, from ``scores``
+    (each equally likely): random search that retrains k architectures.
+
+    Exact over the empirical distribution: with ``x_1 <= ... <= x_n`` sorted, the best of k draws
+    is ``x_i`` or below with probability ``(i / n) ** k``, so the expectation is
+    ``sum_i x_i ((i / n) ** k - ((i - 1) / n) ** k)``. A non-integer ``k`` (the compute of a search
+    in retrainings) interpolates between the integers around it; ``k`` must be at least 1.
+    """
+    if not scores:
+        raise ValueError("the expected best needs at least one score")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    n = len(ordered)
+    below = (np.arange(n + 1) / n) ** k
+    return float(np.dot(ordered, np.diff(below)))
+
+
+def kendall_tau_b(first: Sequence[float], second: Sequence[float]) -> float:
+    """Kendall's tau-b between two scores of the same items (Kendall, 1945): over all pairs of
+    items, (concordant - discordant) / sqrt((pairs - tied in first) (pairs - tied in second)), a
+    pair tied in both counting in both; 1 for the same ranking, -1 for the reverse. NaN when
+    either list is constant (no ranking to compare)."""
+    if len(first) != len(second):
+        raise ValueError(f"{len(first)} and {len(second)} scores: Kendall's tau needs one pair per item")
+    if len(first) < 2:
+        raise ValueError("Kendall's tau needs at least two items")
+    a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    upper = np.triu_indices(len(a), k=1)
+    sign_a = np.sign(a[:, None] - a[None, :])[upper]
+    sign_b = np.sign(b[:, None] - b[None, :])[upper]
+    pairs = len(sign_a)
+    untied_a, untied_b = pairs - np.sum(sign_a == 0), pairs - np.sum(sign_b == 0)
+    if untied_a == 0 or untied_b == 0:
+        return math.nan
+    return float(np.sum(sign_a * sign_b) / math.sqrt(untied_a * untied_b))
+
+
+def protocol_noise(pairs: Sequence[tuple[float, float]]) -> dict[str, Any]:
+    """How much one retraining of an architecture depends on its seed, from ``(score with seed 1,
+    score with seed 2)`` per architecture: ``n``; ``difference_std``, the sample standard
+    deviation of the differences; ``retrain_std``, the standard deviation of one retraining that
+    implies (``difference_std / sqrt(2)``, seeds independent); ``mean_abs_difference``; and
+    ``kendall_tau``, how well the second seed keeps the first seed's ranking."""
+    if len(pairs) < 2:
+        raise ValueError(f"the protocol's noise needs at least two repeated architectures, got {len(pairs)}")
+    first, second = zip(*pairs)
+    differences = [a - b for a, b in pairs]
+    spread = group_statistics(differences)["std"]
+    return {"n": len(pairs), "difference_std": spread, "retrain_std": spread / math.sqrt(2),
+            "mean_abs_difference": sum(map(abs, differences)) / len(pairs),
+            "kendall_tau": kendall_tau_b(first, second)}

@@ -151,7 +151,7 @@ def test_retrain_checkpoints_carry_one_metadata_record_and_old_ones_still_load(t
 
 LAYERS = {"errors": 0, "files": 0, "process": 0, "genotype": 0, "architecture": 0, "trellis": 0, "ops": 0,
           "aspp": 0, "metrics": 0, "config": 0, "visualize": 0, "profiling": 0, "inference": 0, "precision": 0,
-          "sampling": 0, "search_quality": 0, "compilation": 0,
+          "sampling": 0, "search_quality": 0, "compilation": 0, "ground_truth": 0,
           "losses": 3, "expected_cost": 3,
           "search": 1, "models": 2, "data": 3, "engine": 4, "cli": 5, "tools": 6}
 """The package's layers, bottom to top (docs/DESIGN.md §7)."""

@@ -39,11 +39,11 @@ def unnormalise(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, 
 
 
 def test_registry_lists_the_builtin_datasets() -> None:
-    assert list_datasets() == ["ade20k", "cifar10", "cityscapes", "folder", "synthetic", "voc", "voc_aug"]
+    assert list_datasets() == ["ade20k", "cifar10", "cityscapes", "folder", "shapes", "synthetic", "voc", "voc_aug"]
 
 
 def test_unknown_dataset_lists_the_known_names() -> None:
-    with pytest.raises(UserError, match="unknown dataset .kitti.*ade20k, cifar10, cityscapes, folder, synthetic, voc"):
+    with pytest.raises(UserError, match="unknown dataset .kitti.*ade20k, cifar10, cityscapes, folder, shapes, synth"):
         build_dataset("kitti", None, "train")
 
 
@@ -246,6 +246,51 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index() -> None:
     assert not torch.equal(in_process[0], in_process[1])
     dataset.set_epoch(1)
     assert not torch.equal(dataset[0][0], in_process[0][0])  # a new epoch draws new crops
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def test_shapes_are_deterministic_and_told_apart_only_by_their_outline() -> None:
+    from autoseg.data.shapes import AREA_RANGE, BACKGROUND, CLASS_NAMES
+
+    train = build_dataset("shapes", None, "train", augment=False, image_size=64)
+    assert len(train) == 200 and len(build_dataset("shapes", None, "val")) == 50
+    assert train.class_names == CLASS_NAMES == ["background", "disc", "box", "triangle"] and train.num_classes == 4
+    again = build_dataset("shapes", None, "train", augment=False, image_size=64)
+    other_seed = build_dataset("shapes", None, "train", augment=False, image_size=64, seed=1)
+    present: set[int] = set()
+    for index in range(12):
+        image, mask = train.load(index)
+        assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
+        assert all(np.array_equal(a, b) for a, b in zip((image, mask), again.load(index)))
+        assert not np.array_equal(image, other_seed.load(index)[0])
+        assert set(np.unique(mask).tolist()) <= {0, 1, 2, 3}  # every pixel labelled, none ignored
+        assert not mask[0].any() and not mask[-1].any() and not mask[:, 0].any() and not mask[:, -1].any()
+        shapes = [c for c in np.unique(mask).tolist() if c != BACKGROUND]
+        assert 1 <= len(shapes) <= 3
+        for shape_class in shapes:  # large: at least one shape's area (less the rounding of its outline)
+            assert AREA_RANGE[0] * 64 * 64 * 0.8 <= (mask == shape_class).sum()
+        # one texture for every shape of an image: the classes' mean colours agree within a few grey levels
+        foreground = [image[mask == c].mean(axis=0) for c in shapes]
+        assert all(np.abs(f - foreground[0]).max() < 20 for f in foreground)
+        present |= set(shapes)
+    assert present == {1, 2, 3}
+    tensor_image, tensor_mask = build_dataset("shapes", None, "train", crop_size=48, image_size=64,
+                                              transform_kind="retrain")[0]
+    assert tensor_image.shape == (3, 48, 48) and tensor_mask.shape == (48, 48)
+
+
+def test_shapes_have_configs_and_pass_the_data_check(tool, capsys) -> None:
+    from autoseg.cli import default_config
+    from autoseg.config import RetrainConfig, SearchConfig, load_config
+
+    assert load_config(default_config("search", "shapes", "synthetic"), SearchConfig).data.dataset == "shapes"
+    assert load_config(default_config("retrain", "shapes", "synthetic"), RetrainConfig).data.dataset == "shapes"
+    tool("check_data")(["--dataset", "shapes"])
+    assert "shapes train: 200 sample(s), 0 problem(s); nothing to check beyond building it" in capsys.readouterr().out
+    with pytest.raises(UserError, match="image_size 8 is too small for the shapes dataset"):
+        build_dataset("shapes", None, "val", image_size=8)
 
 
 # ----------------------------------------------------------------------------- cifar10

@@ -1,6 +1,7 @@
 """Datasets: one registry, one factory, and the contract every segmentation dataset keeps.
 
-Built-in datasets: ``synthetic`` (generated street scenes, the default; no files needed),
+Built-in datasets: ``synthetic`` (generated street scenes, the default; no files needed), ``shapes``
+(generated large shapes told apart by their outline),
 ``cityscapes``, ``voc`` and ``voc_aug`` (PASCAL VOC 2012, official or SBD-augmented train set),
 ``ade20k``, ``folder`` (your own images and masks) and ``cifar10`` (DARTS cell search).
 
@@ -219,4 +220,4 @@ class SegmentationDataset(Dataset, abc.ABC):
 
 # The built-in datasets register themselves with the decorator above, so they are imported
 # after it is defined.
-from autoseg.data import ade20k, cifar10, cityscapes, folder, synthetic, voc  # noqa: E402,F401
+from autoseg.data import ade20k, cifar10, cityscapes, folder, shapes, synthetic, voc  # noqa: E402,F401

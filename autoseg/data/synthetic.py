@@ -16,65 +16,24 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from autoseg.data import SegmentationDataset, register_dataset
-from autoseg.data.transforms import IGNORE_INDEX, build_transform
-from autoseg.errors import UserError
+from autoseg.data import register_dataset
+from autoseg.data.generated import Canvas, GeneratedDataset, finish_image, jitter
 
 SKY, ROAD, BUILDING, VEGETATION, CAR, PERSON = range(6)
 CLASS_NAMES = ["sky", "road", "building", "vegetation", "car", "person"]
 PALETTE = np.array(
     [(70, 130, 180), (128, 64, 128), (70, 70, 70), (107, 142, 35), (0, 0, 142), (220, 20, 60)], dtype=np.uint8
 )
-_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # part of the random seed: splits never share a scene
-_DEFAULT_LENGTHS = {"train": 200, "val": 50, "test": 50}
-_MIN_SIZE = 16
 # any hue, including the road's greys and the trees' greens
 _CAR_COLOURS = [(180, 30, 30), (30, 60, 160), (230, 230, 230), (30, 30, 35), (110, 110, 115), (60, 120, 60)]
 
 
-class _Canvas:
-    """An image and its mask, painted together so that they always stay aligned."""
-
-    def __init__(self, height: int, width: int, rng: np.random.Generator) -> None:
-        self.height, self.width, self.rng = height, width, rng
-        self.image = np.zeros((height, width, 3), dtype=np.float32)
-        self.mask = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
-
-    def blank(self) -> np.ndarray:
-        """An empty uint8 layer to draw a shape on with cv2."""
-        return np.zeros((self.height, self.width), dtype=np.uint8)
-
-    def noise(self, sigma: float) -> np.ndarray:
-        """Unit-variance Gaussian noise smoothed over ``sigma`` pixels (0 = per-pixel grain)."""
-        field = self.rng.standard_normal((self.height, self.width), dtype=np.float32)
-        if sigma > 0:
-            field = cv2.GaussianBlur(field, (0, 0), sigma)
-            field /= field.std() + 1e-6
-        return field
-
-    def texture(self, colour: np.ndarray, grain: float, blotch: float) -> np.ndarray:
-        """``colour`` with fine grain and large blotches of the given amplitudes (grey levels)."""
-        shade = grain * self.noise(0) + blotch * self.noise(max(self.height, self.width) / 12)
-        return colour[None, None, :] + shade[..., None]
-
-    def paint(self, shape: np.ndarray, pixels: np.ndarray, class_id: int) -> None:
-        """Paint ``pixels`` where the layer ``shape`` is set and label those pixels ``class_id``."""
-        region = shape.astype(bool)
-        self.image[region] = pixels[region] if pixels.ndim == 3 else pixels
-        self.mask[region] = class_id
-
-
-def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], spread: float) -> np.ndarray:
-    """``colour`` with each channel moved by up to ``spread`` grey levels."""
-    return np.asarray(colour, dtype=np.float32) + rng.uniform(-spread, spread, 3).astype(np.float32)
-
-
 def _pick(rng: np.random.Generator, colours: list[tuple[int, int, int]], spread: float) -> np.ndarray:
     """One of ``colours``, jittered."""
-    return _jitter(rng, colours[rng.integers(len(colours))], spread)
+    return jitter(rng, colours[rng.integers(len(colours))], spread)
 
 
-def _draw_sky(canvas: _Canvas, horizon: int) -> None:
+def _draw_sky(canvas: Canvas, horizon: int) -> None:
     """Vertical gradient (blue, overcast or dusk) with soft clouds, above the horizon."""
     rng = canvas.rng
     top, bottom = [
@@ -83,19 +42,19 @@ def _draw_sky(canvas: _Canvas, horizon: int) -> None:
         ((70, 80, 150), (235, 170, 120)),
     ][rng.integers(3)]
     ramp = np.linspace(0.0, 1.0, canvas.height, dtype=np.float32)[:, None, None]
-    gradient = _jitter(rng, top, 20) * (1 - ramp) + _jitter(rng, bottom, 20) * ramp
+    gradient = jitter(rng, top, 20) * (1 - ramp) + jitter(rng, bottom, 20) * ramp
     clouds = np.clip(canvas.noise(canvas.width / 10) - 0.6, 0, None)[..., None] * rng.uniform(20, 60)
     shape = canvas.blank()
     shape[:horizon] = 1
     canvas.paint(shape, np.broadcast_to(gradient, canvas.image.shape) + clouds + 2 * canvas.noise(0)[..., None], SKY)
 
 
-def _draw_road(canvas: _Canvas, horizon: int) -> None:
+def _draw_road(canvas: Canvas, horizon: int) -> None:
     """Grainy asphalt below the horizon with dashed lane markings converging to a vanishing point."""
     rng, height, width = canvas.rng, canvas.height, canvas.width
     shape = canvas.blank()
     shape[horizon:] = 1
-    asphalt = _jitter(rng, (100, 100, 104), 25)
+    asphalt = jitter(rng, (100, 100, 104), 25)
     canvas.paint(shape, canvas.texture(asphalt, grain=rng.uniform(8, 16), blotch=6), ROAD)
     vanish_x = width * rng.uniform(0.3, 0.7)
     paint = _pick(rng, [(235, 235, 230), (230, 200, 60)], 15)
@@ -111,7 +70,7 @@ def _draw_road(canvas: _Canvas, horizon: int) -> None:
         canvas.paint(marks, paint + 4 * canvas.noise(0)[..., None], ROAD)
 
 
-def _draw_buildings(canvas: _Canvas, horizon: int) -> None:
+def _draw_buildings(canvas: Canvas, horizon: int) -> None:
     """A row of facades standing on the horizon, with gaps, each with a grid of windows."""
     rng, height, width = canvas.rng, canvas.height, canvas.width
     x = -rng.uniform(0, 0.1) * width
@@ -141,7 +100,7 @@ def _draw_windows(rng: np.random.Generator, pixels: np.ndarray, box: tuple[int, 
             cv2.rectangle(pixels, (x, y), (x + size - 1, y + size - 1), glass.tolist(), -1)
 
 
-def _draw_trees(canvas: _Canvas, horizon: int) -> None:
+def _draw_trees(canvas: Canvas, horizon: int) -> None:
     """A few trees: a trunk and a crown of overlapping circles with a leafy, ragged outline."""
     rng, height, width = canvas.rng, canvas.height, canvas.width
     for _ in range(rng.integers(1, 4)):
@@ -179,7 +138,7 @@ def _ground_point(rng: np.random.Generator, depth: float, horizon: int, height: 
     return rng.uniform(0.05, 0.95) * width, horizon + depth * (height - horizon - 1)
 
 
-def _draw_car(canvas: _Canvas, horizon: int, depth: float) -> None:
+def _draw_car(canvas: Canvas, horizon: int, depth: float) -> None:
     """A car on the road at ``depth``: rounded body, cabin with dark windows, two black wheels."""
     rng, height, width = canvas.rng, canvas.height, canvas.width
     x, ground = _ground_point(rng, depth, horizon, height, width)
@@ -198,11 +157,11 @@ def _draw_car(canvas: _Canvas, horizon: int, depth: float) -> None:
     paint = _pick(rng, _CAR_COLOURS, 25)
     shine = np.linspace(25, -15, height, dtype=np.float32)[:, None, None]
     canvas.paint(body, canvas.texture(paint, grain=2, blotch=3) + shine, CAR)
-    canvas.paint(cabin, canvas.texture(_jitter(rng, (45, 55, 70), 10), grain=2, blotch=6), CAR)
-    canvas.paint(wheels, canvas.texture(_jitter(rng, (20, 20, 22), 5), grain=3, blotch=0), CAR)
+    canvas.paint(cabin, canvas.texture(jitter(rng, (45, 55, 70), 10), grain=2, blotch=6), CAR)
+    canvas.paint(wheels, canvas.texture(jitter(rng, (20, 20, 22), 5), grain=3, blotch=0), CAR)
 
 
-def _draw_person(canvas: _Canvas, horizon: int, depth: float) -> None:
+def _draw_person(canvas: Canvas, horizon: int, depth: float) -> None:
     """A pedestrian at ``depth``: legs, a torso in a random shirt colour, and a round head."""
     rng, height, width = canvas.rng, canvas.height, canvas.width
     x, ground = _ground_point(rng, depth, horizon, height, width)
@@ -221,21 +180,9 @@ def _draw_person(canvas: _Canvas, horizon: int, depth: float) -> None:
     canvas.paint(head, canvas.texture(_pick(rng, [(230, 190, 160), (190, 140, 100), (120, 80, 60)], 15), 3, 0), PERSON)
 
 
-def _finish(canvas: _Canvas) -> np.ndarray:
-    """Global brightness/contrast/white-balance jitter, sensor noise and blur; returns uint8."""
-    rng = canvas.rng
-    image = canvas.image
-    mean = image.mean()
-    image = (image - mean) * rng.uniform(0.7, 1.3) + mean * rng.uniform(0.7, 1.3)
-    image = image * rng.uniform(0.9, 1.1, 3).astype(np.float32) + rng.uniform(2, 8) * canvas.noise(0)[..., None]
-    if rng.random() < 0.5:
-        image = cv2.GaussianBlur(image, (3, 3), 0)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 def render_scene(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw one street scene: (RGB uint8 ``HxWx3`` image, uint8 ``HxW`` mask of class ids)."""
-    canvas = _Canvas(height, width, rng)
+    canvas = Canvas(height, width, rng)
     horizon = round(height * rng.uniform(0.38, 0.55))
     _draw_sky(canvas, horizon)
     _draw_road(canvas, horizon)
@@ -245,66 +192,20 @@ def render_scene(height: int, width: int, rng: np.random.Generator) -> tuple[np.
         # far to near, so that nearer objects hide farther ones; people last so none is hidden
         for depth in np.sort(rng.uniform(0.15, 1.0, rng.integers(1, 4))):
             draw(canvas, horizon, float(depth))
-    return _finish(canvas), canvas.mask
-
-
-def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    """(height, width) from an int (square) or a pair, checked against the minimum size."""
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if min(height, width) < _MIN_SIZE:
-        raise UserError(f"image_size {image_size} is too small for the synthetic scenes: use at least {_MIN_SIZE}")
-    return height, width
+    return finish_image(canvas), canvas.mask
 
 
 @register_dataset("synthetic")
-class SyntheticStreetDataset(SegmentationDataset):
-    """Generated street scenes; ``root`` is ignored. Deterministic from (seed, split, index).
-
-    ``image_size`` is an int (square) or ``(height, width)``; ``length`` defaults to 200 for
-    train and 50 for val/test; ``crop_size`` defaults to the shorter image side and
-    ``scale`` to 1.0.
-    """
+class SyntheticStreetDataset(GeneratedDataset):
+    """Generated street scenes (see :class:`~autoseg.data.generated.GeneratedDataset` for the options)."""
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
     palette = PALETTE
 
-    def __init__(
-        self,
-        root: str | None = None,
-        split: str = "train",
-        augment: bool = True,
-        crop_size: int | None = None,
-        transform_kind: str | None = None,
-        scale: float = 1.0,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        image_size: int | tuple[int, int] = 96,
-        length: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        if split not in _SPLIT_CODES:
-            raise UserError(f"unknown synthetic split {split!r}: use one of {', '.join(_SPLIT_CODES)}")
-        if seed < 0:
-            raise UserError(f"seed must be a non-negative integer, got {seed}")
-        self.height, self.width = _size(image_size)
-        self.length = _DEFAULT_LENGTHS[split] if length is None else length
-        if self.length < 1:
-            raise UserError(f"length must be at least 1, got {self.length}")
-        self.split, self.seed = split, seed
-        crop_size = min(self.height, self.width) if crop_size is None else crop_size
-        if augment and crop_size > min(self.height, self.width):
-            raise UserError(f"crop_size {crop_size} is larger than the {self.height}x{self.width} synthetic scenes: "
-                            "lower crop_size or raise image_size")
-        super().__init__(build_transform(augment, transform_kind, crop_size, scale, scale_range))
-
-    def __len__(self) -> int:
-        """Number of scenes in the split."""
-        return self.length
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Render scene ``index`` of this split and seed."""
-        rng = np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index])
-        return render_scene(self.height, self.width, rng)
+    def render(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A street scene (:func:`render_scene`)."""
+        return render_scene(height, width, rng)
 
 
 def write_sample_images(out_dir: str | Path, count: int, image_size: int = 64, split: str = "test",

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from autoseg.architecture import Architecture, NetworkArch, read_architecture
 from autoseg.cli import default_config
-from autoseg.config import to_dict
+from autoseg.config import RetrainConfig, SearchConfig, to_dict
 from autoseg.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from autoseg.engine.trained import TrainedModelMeta
 from autoseg.errors import UserError
@@ -78,6 +78,18 @@ def tool_flags(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         dataset = search_tool.resolve_config(search_tool.parse_args(search)).data.dataset
         retrain_config = default_config("retrain", retrain_tool.DEFAULT_CONFIGS.get(dataset), "synthetic")
     return search, ["--config", str(retrain_config), *common, *_flags(epochs=args.retrain_epochs)]
+
+
+def resolve_configs(args: argparse.Namespace) -> tuple[list[str], list[str], SearchConfig, RetrainConfig]:
+    """The search and retrain command lines of :func:`tool_flags` and the configs they resolve to,
+    which must be on the same dataset."""
+    search_argv, retrain_argv = tool_flags(args)
+    search_config = search_tool.resolve_config(search_tool.parse_args(search_argv))
+    retrain_config = retrain_tool.resolve_config(retrain_tool.parse_args(retrain_argv))
+    if retrain_config.data.dataset != search_config.data.dataset:
+        raise UserError(f"the search config is on {search_config.data.dataset} but the retrain config on "
+                        f"{retrain_config.data.dataset}; retrain on the data the search ran on")
+    return search_argv, retrain_argv, search_config, retrain_config
 
 
 def ensure_run(main: Callable[[list[str] | None], Any], argv: list[str], run_dir: Path, max_steps: int | None) -> None:
@@ -135,12 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.searches < 1 or args.random < 1:
         raise UserError(f"--searches and --random must be at least 1, got {args.searches} and {args.random}")
-    search_argv, retrain_argv = tool_flags(args)
-    search_config = search_tool.resolve_config(search_tool.parse_args(search_argv))
-    retrain_config = retrain_tool.resolve_config(retrain_tool.parse_args(retrain_argv))
-    if retrain_config.data.dataset != search_config.data.dataset:
-        raise UserError(f"the search config is on {search_config.data.dataset} but the retrain config on "
-                        f"{retrain_config.data.dataset}; retrain on the data the search ran on")
+    search_argv, retrain_argv, search_config, retrain_config = resolve_configs(args)
     out: Path = args.out
     check_settings(out, {"search_config": to_dict(search_config), "retrain_config": to_dict(retrain_config),
                          "search_flags": search_argv[2:], "retrain_flags": retrain_argv[2:],

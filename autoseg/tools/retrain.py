@@ -12,8 +12,9 @@
 The default config follows the dataset: cifar10 -> configs/retrain/cifar10_darts.yaml (the
 DARTS protocol), cityscapes and folder -> configs/retrain/cityscapes_autodeeplab.yaml (the
 Auto-DeepLab protocol), voc and voc_aug -> configs/retrain/voc.yaml, ade20k ->
-configs/retrain/ade20k.yaml, synthetic -> configs/retrain/synthetic.yaml. The run directory gets checkpoint.pt
-(last), best.pt (best validation metric), config.yaml and TensorBoard logs.
+configs/retrain/ade20k.yaml, synthetic -> configs/retrain/synthetic.yaml, shapes ->
+configs/retrain/shapes.yaml. The run directory gets checkpoint.pt (last), best.pt (best validation
+metric), config.yaml and TensorBoard logs.
 
 --init-from starts from the weights of an earlier retraining (its best.pt, or a .pt file) with the
 same --arch: every tensor of matching name and shape is copied, the others (a classifier for
@@ -49,7 +50,8 @@ from autoseg.profiling import profile_model
 RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
                  "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr", "init_from": "model.init_from"}
 DEFAULT_CONFIGS = {"cityscapes": "cityscapes_autodeeplab", "folder": "cityscapes_autodeeplab",
-                   "cifar10": "cifar10_darts", "synthetic": "synthetic", "voc": "voc", "voc_aug": "voc",
+                   "cifar10": "cifar10_darts", "synthetic": "synthetic", "shapes": "shapes", "voc": "voc",
+                   "voc_aug": "voc",
                    "ade20k": "ade20k"}
 
 
