@@ -216,6 +216,7 @@ TOOLS: dict[str, str] = {
     "benchmark_search": "searched vs random architectures, retrained under one budget: does search beat random?",
     "gpu_check": "prove and measure every CUDA path in at most 8 minutes: one JSON file and a summary",
     "ground_truth": "retrain architectures drawn from a search space under one protocol: the space's ground truth",
+    "score_search": "score a search method against a ground-truth table: percentile, regret, Kendall's tau",
 }
 """The tools ``autoseg`` runs, each a module of :mod:`autoseg.tools` with a ``main(argv)``."""
 

@@ -8,7 +8,7 @@ training images are transformed, where the search evaluates, and what its archit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from autoseg.architecture import Architecture, NetworkArch
 from autoseg.config import SearchConfig
@@ -29,7 +29,9 @@ class SearchSpace:
     (``evaluates_on_half_b``, the DARTS code's way) rather than the validation split, the
     ``architecture`` type it decodes to, and whether it has a cost model for the cost-aware
     search (``has_cost_model``); ``check_data(config)`` raises a UserError when the config's data
-    settings cannot be searched in this space (before anything is written)."""
+    settings cannot be searched in this space (before anything is written); ``architecture_keys``
+    are the ``model`` settings that decide which architectures the space holds (two configs with
+    the same mode and the same values of these search the same space)."""
 
     name: str
     task: str
@@ -41,6 +43,7 @@ class SearchSpace:
     has_cost_model: bool
     description: str
     check_data: Callable[[SearchConfig], None]
+    architecture_keys: tuple[str, ...]
 
 
 def _darts_cells(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
@@ -67,12 +70,19 @@ def _trellis(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
 
 SEARCH_SPACES: dict[str, SearchSpace] = {space.name: space for space in (
     SearchSpace("cifar", "classification", SearchConfig.MODEL_TYPES["cifar"], _darts_cells, None, True, Genotype,
-                False, "DARTS normal and reduction cells on classification data (CIFAR-10)", _any_data),
+                False, "DARTS normal and reduction cells on classification data (CIFAR-10)", _any_data,
+                ("blocks", "multiplier", "primitives")),
     SearchSpace("hierarchical", "segmentation", SearchConfig.MODEL_TYPES["hierarchical"], _trellis, "search", False,
                 NetworkArch, True, "the Auto-DeepLab trellis: one cell and a network path, on segmentation data",
-                _crop_reaches_the_deepest_level),
+                _crop_reaches_the_deepest_level, ("layers", "levels", "blocks", "primitives", "free_first_step")),
 )}
 """Every search space, by the ``mode`` that names it."""
+
+
+def space_signature(cfg: SearchConfig) -> dict[str, Any]:
+    """What decides the architectures a search config's space holds: its mode and the values of
+    its space's :attr:`~SearchSpace.architecture_keys`."""
+    return {"mode": cfg.mode, **{key: getattr(cfg.model, key) for key in get_space(cfg.mode).architecture_keys}}
 
 
 def get_space(name: str) -> SearchSpace:

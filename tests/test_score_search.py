@@ -1,0 +1,59 @@
+"""autoseg score_search: a search method scored against a ground-truth table of its space."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import write_tiny_retrain_config, write_tiny_search_config
+
+from autoseg.config import RetrainConfig, SearchConfig, load_config, to_dict
+from autoseg.engine.checkpoint import load_checkpoint
+from autoseg.errors import UserError
+from autoseg.sampling import sample_architectures
+
+FINALS = [20.0, 40.0, 60.0, 80.0, 30.0]
+
+
+def _tiny_table(tmp_path):
+    """A table of 5 architectures of the tiny search space with made-up final metrics, under the
+    tiny retrain protocol (1 epoch)."""
+    search = load_config(write_tiny_search_config(tmp_path / "search.yaml"), SearchConfig)
+    retrain = load_config(write_tiny_retrain_config(tmp_path / "retrain.yaml", epochs=1), RetrainConfig)
+    seed = retrain.train.seed
+    rows = [{"index": i, "seed": seed, "final": final, "best": final, "metric": "miou", "madds": 1e8 * (i + 1),
+             "arch": arch.to_dict()} for i, (arch, final) in enumerate(zip(sample_architectures(search, 5, 0), FINALS))]
+    table = {"format": 1, "protocol": {"retrain_config": to_dict(retrain), "sample_seed": 0,
+                                       "retrain_seeds": [seed, seed + 1], "madds_input_size": [32, 32]},
+             "search_config": to_dict(search), "parts": [], "rows": rows}
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    return path
+
+
+def test_a_search_is_retrained_under_the_tables_protocol_and_scored_against_it(tool, tmp_path):
+    table = _tiny_table(tmp_path)
+    out = tmp_path / "score"
+    results = tool("score_search")(["--table", str(table), "--searches", "1", "--out", str(out), "--device", "cpu"])
+    (row,) = results["searches"]
+    retrained = load_checkpoint(out / "searched_0" / "retrain")
+    assert retrained["config"]["train"]["epochs"] == 1  # the table's protocol, not the dataset's default config
+    below = sum(f < row["final"] for f in FINALS) + 0.5 * sum(f == row["final"] for f in FINALS)
+    assert row["score"]["percentile"] == pytest.approx(100 * below / 5)
+    assert row["score"]["regret"] == pytest.approx(80.0 - row["final"])
+    assert row["k"] >= 1 and 20.0 <= row["score"]["random_search"] <= 80.0
+    assert row["one_shot"]["n"] == 5 and -1 <= row["one_shot"]["kendall_tau"] <= 1
+    assert results["method"] == "darts" and "percentile" in (out / "results.md").read_text()
+    again = tool("score_search")(["--table", str(table), "--searches", "1", "--out", str(out), "--device", "cpu"])
+    assert again["searches"][0]["one_shot"] == row["one_shot"] and again["searches"][0]["final"] == row["final"]
+
+
+def test_a_search_of_another_space_is_refused_before_anything_runs(tool, tmp_path):
+    table = _tiny_table(tmp_path)
+    other = write_tiny_search_config(tmp_path / "other.yaml")
+    config = yaml.safe_load(other.read_text())
+    config["model"]["blocks"] = 3
+    other.write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError, match="is not the table's"):
+        tool("score_search")(["--table", str(table), "--config", str(other), "--out", str(tmp_path / "score")])
+    assert not (tmp_path / "score").exists()
