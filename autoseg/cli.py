@@ -162,7 +162,8 @@ def create_run_dir(run_dir: Path, config: Any) -> RunLock:
     return lock
 
 
-def start_run(run: Any, state: dict[str, Any] | None, resuming: bool, run_dir: Path, config: Any) -> Callable[..., None]:
+def start_run(run: Any, state: dict[str, Any] | None, resuming: bool, run_dir: Path,
+              config: Any) -> Callable[..., None]:
     """Put ``run`` where it continues: load a resumed run's checkpoint ``state``, or create a new
     run's directory (a resumed run stopped before its first checkpoint starts over in its own).
     The main process locks the directory for the run's life (``run.lock``, released when

@@ -30,7 +30,8 @@ def blocks_from_edges(count: int) -> int:
         total += 2 + blocks
         blocks += 1
     if total != count or count == 0:
-        raise ValueError(f"{count} edges is not a cell: a cell of B blocks has 2+3+...+(B+1) edges (2, 5, 9, 14, 20, ...)")
+        raise ValueError(f"{count} edges is not a cell: a cell of B blocks has 2+3+...+(B+1) edges "
+                         "(2, 5, 9, 14, 20, ...)")
     return blocks
 
 
@@ -107,7 +108,8 @@ class CellGenotype:
     concat: tuple[int, ...]
 
     @classmethod
-    def from_blocks(cls, blocks: Sequence[Sequence[Sequence[Any]]], concat: Sequence[int] | None = None) -> "CellGenotype":
+    def from_blocks(cls, blocks: Sequence[Sequence[Sequence[Any]]],
+                    concat: Sequence[int] | None = None) -> "CellGenotype":
         """Build from nested lists (as found in JSON); ``concat`` defaults to every block."""
         frozen = tuple(tuple((str(op), int(state)) for op, state in block) for block in blocks)
         for i, block in enumerate(frozen):
@@ -179,7 +181,8 @@ class Genotype:
             data = json.loads(Path(path).read_text())
             return cls.from_dict(data.get("genotype", data))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path} is not a genotype file ({exc}); expected JSON with 'normal' and 'reduce' cells") from exc
+            raise UserError(f"{path} is not a genotype file ({exc}); expected JSON with 'normal' and 'reduce' "
+                            "cells") from exc
 
 
 def _pairs(flat: Sequence[Edge]) -> list[list[Edge]]:

@@ -91,7 +91,8 @@ def test_benchmark_runs_end_to_end_and_continues_without_retraining(tool, tiny_s
     assert rows[0]["path"] == searched["path"]
     assert load_checkpoint(out / "searched_0" / "search")["config"]["train"]["seed"] == 0
     # one retrain config for all, the architecture aside
-    configs = [yaml.safe_load((out / name / "retrain" / "config.yaml").read_text()) for name in ("searched_0", "random_0")]
+    configs = [yaml.safe_load((out / name / "retrain" / "config.yaml").read_text())
+               for name in ("searched_0", "random_0")]
     for config in configs:
         config["model"].pop("arch")
     assert configs[0] == configs[1]

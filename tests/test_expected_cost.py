@@ -300,7 +300,8 @@ def test_retrain_dry_run_and_evaluate_report_params_and_madds(tool, tmp_path, ca
     result = tool("evaluate")([str(run), "--device", "cpu"])
     exact = profile_model(model, (24, 24))
     assert (result["params"], result["madds"], result["madds_input_size"]) == (exact.params, exact.madds, [24, 24])
-    assert f"{exact.params:,} parameters, {exact.madds / 1e9:.3f} G Multi-Adds per 24x24 image" in capsys.readouterr().out
+    expected = f"{exact.params:,} parameters, {exact.madds / 1e9:.3f} G Multi-Adds per 24x24 image"
+    assert expected in capsys.readouterr().out
 
 
 def test_decode_of_a_cifar_search_prints_the_evaluation_network_cost(tmp_path, darts_v2_report):

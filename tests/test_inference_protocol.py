@@ -12,7 +12,8 @@ from autoseg.inference import DEEPLAB_SCALES, InferenceProtocol, predict_logits,
 from autoseg.models import autodeeplab_from_arch
 
 TINY_ARCH = {"path": [0, 1, 2, 1],
-             "cell": {"blocks": [[["sep_conv_3x3", 0], ["dil_conv_3x3", 1]], [["skip_connect", 2], ["sep_conv_5x5", 1]]],
+             "cell": {"blocks": [[["sep_conv_3x3", 0], ["dil_conv_3x3", 1]],
+                                 [["skip_connect", 2], ["sep_conv_5x5", 1]]],
                       "concat": [2, 3]}}
 
 

@@ -25,7 +25,8 @@ from autoseg.inference import predict_logits
 
 NEVER_PREDICTED = CLASS_NAMES.index("person")
 TINY_ARCH = {"path": [0, 1, 2, 1],  # down twice, then up: every kind of step of the paper's path
-             "cell": {"blocks": [[["sep_conv_3x3", 0], ["dil_conv_3x3", 1]], [["skip_connect", 2], ["sep_conv_5x5", 1]]],
+             "cell": {"blocks": [[["sep_conv_3x3", 0], ["dil_conv_3x3", 1]],
+                                 [["skip_connect", 2], ["sep_conv_5x5", 1]]],
                       "concat": [2, 3]}}
 EVAL_BATCH = 3
 

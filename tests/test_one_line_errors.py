@@ -4,7 +4,6 @@ checkpoints of the other kind, presets against config defaults."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 from conftest import load_tool, write_tiny_retrain_config, write_tiny_search_config

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from autoseg.genotype import num_edges
-from autoseg import ops
+from autoseg import ops as op_registry
 from autoseg.genotype import Genotype
 from autoseg.models import create_model
 from autoseg.ops import PRIMITIVES, build_op, list_ops, register_op
@@ -68,7 +68,7 @@ def test_registry_takes_a_new_op_in_one_entry():
 @pytest.fixture
 def registered_op(monkeypatch):
     """A new op, ``conv_3x3_test``, registered once in the base family for the test's duration."""
-    monkeypatch.setattr(ops, "_OPS", {family: dict(table) for family, table in ops._OPS.items()})
+    monkeypatch.setattr(op_registry, "_OPS", {family: dict(table) for family, table in op_registry._OPS.items()})
 
     @register_op("conv_3x3_test")
     def _conv(channels, stride, affine):

@@ -36,7 +36,8 @@ def test_darts_method_reproduces_the_search_before_methods_were_plug_ins(name, t
     now = run_reference_search(name, tmp_path)
     exact = reference["cpu"] == now["cpu"]  # another CPU's kernels may round differently
     assert now["model"].keys() == reference["model"].keys()
-    differing = [key for key, value in reference["model"].items() if not _same_or_close(value, now["model"][key], exact)]
+    differing = [key for key, value in reference["model"].items()
+                 if not _same_or_close(value, now["model"][key], exact)]
     assert not differing, differing
     for expected, actual in zip(reference["a_optimizer"]["state"].values(), now["a_optimizer"]["state"].values()):
         assert all(_same_or_close(expected[k], actual[k], exact) for k in ("exp_avg", "exp_avg_sq"))

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""``autoseg benchmark_search`` in a checkout: see :mod:`autoseg.tools.benchmark_search` (``--help`` for the options)."""
+"""``autoseg benchmark_search`` in a checkout: see :mod:`autoseg.tools.benchmark_search` (``--help`` for the
+options)."""
 from autoseg.cli import run_tool
 from autoseg.tools.benchmark_search import main
 

@@ -39,7 +39,8 @@ from autoseg.errors import UserError
 from autoseg.expected_cost import CostPenalty, build_trellis_cost, with_cost
 from autoseg.files import write_json
 from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
-from autoseg.search.arch_history import (EVOLUTION_FIGURE, evolution_series, history_entry, history_figure, history_file,
+from autoseg.search.arch_history import (EVOLUTION_FIGURE, evolution_series, history_entry, history_figure,
+                                         history_file,
                                          write_history)
 from autoseg.search.architect import Batch
 from autoseg.search.methods import UpdateTools

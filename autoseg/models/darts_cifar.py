@@ -117,7 +117,8 @@ def resolve_genotype(genotype: Genotype | Mapping[str, Any] | str | Path) -> Gen
 
 
 @register_model("darts-cifar")
-def darts_cifar(num_classes: int, genotype: Genotype | Mapping[str, Any] | str | Path = "DARTS_V2", C: int = 36, layers: int = 20,
+def darts_cifar(num_classes: int, genotype: Genotype | Mapping[str, Any] | str | Path = "DARTS_V2", C: int = 36,
+                layers: int = 20,
                 auxiliary: bool = False) -> DartsCifarNetwork:
     """DARTS CIFAR evaluation network (defaults: DARTS_V2, C=36, 20 cells, no auxiliary head)."""
     return DartsCifarNetwork(resolve_genotype(genotype), num_classes, C, layers, auxiliary)

@@ -84,7 +84,8 @@ def create_smp_model(name: str, num_classes: int, encoder_weights: str | None = 
         encoder = autodeeplab_encoder_name(encoder, kwargs.pop("arch", None), kwargs.pop("filter_multiplier", None),
                                            kwargs.pop("bn_momentum", None))
     if encoder not in encoders and not encoder.startswith("tu-"):
-        raise UserError(f"unknown smp encoder {encoder!r}; see segmentation_models_pytorch.encoders.get_encoder_names()")
+        raise UserError(f"unknown smp encoder {encoder!r}; "
+                        "see segmentation_models_pytorch.encoders.get_encoder_names()")
     if encoder_weights is not None and encoder in encoders:
         _check_weights_cached(encoder, encoder_weights)
     try:

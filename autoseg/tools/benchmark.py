@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The benchmark's command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("hierarchical", "cifar", "retrain"), default="hierarchical")
-    p.add_argument("--arch", default="autodeeplab-paper", help="the model of --mode retrain (as autoseg retrain --arch)")
+    p.add_argument("--arch", default="autodeeplab-paper",
+                   help="the model of --mode retrain (as autoseg retrain --arch)")
     p.add_argument("--filter-multiplier", type=int, help="F (default 8 hierarchical; retrain: the model's own)")
     p.add_argument("--layers", type=int, help="layers (default 12 hierarchical, 8 cifar)")
     p.add_argument("--levels", type=int, default=4, help="resolution levels (hierarchical)")

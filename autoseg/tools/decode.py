@@ -6,12 +6,12 @@
 Rebuilds the search's supernet and search method from the checkpoint's config, loads its
 architecture parameters and the method's state and decodes them with the same code the search
 uses, so it reproduces the search's file exactly (a method whose selection rule evaluates the
-supernet on data gives the architecture it last selected). Hierarchical runs: writes arch.json (Viterbi path, top-2 cell, F, B, L, op set,
-the per-step probabilities, and the parameters and Multi-Adds of the decoded network at the
-search's input size); CIFAR runs: genotype.json. Also writes the search's figures as PNGs
-(arch_trellis.png and arch_cell.png, or a cell picture per cell type) and prints the
-architecture with its parameters and Multi-Adds (CIFAR runs: of the DARTS evaluation network,
-C=36 and 20 cells, at 32x32).
+supernet on data gives the architecture it last selected). Hierarchical runs: writes arch.json
+(Viterbi path, top-2 cell, F, B, L, op set, the per-step probabilities, and the parameters and
+Multi-Adds of the decoded network at the search's input size); CIFAR runs: genotype.json. Also
+writes the search's figures as PNGs (arch_trellis.png and arch_cell.png, or a cell picture per
+cell type) and prints the architecture with its parameters and Multi-Adds (CIFAR runs: of the
+DARTS evaluation network, C=36 and 20 cells, at 32x32).
 
 With ``--epoch N`` it reads the architecture of epoch N from the run's history
 (arch_history.jsonl or genotype_history.jsonl, written by the search) and writes it as

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     run = SearchRun(cfg, build_search_network(cfg, task.num_classes), task, data, run_dir, device)
     state = resumed_state(run_dir) if args.resume else None
     say = start_run(run, state, args.resume is not None, run_dir, cfg)
-    say(f"searching ({cfg.mode}, method {cfg.train.method}) on {cfg.data.dataset} with {run.model.summary()['params']:,} weight parameters, "
+    say(f"searching ({cfg.mode}, method {cfg.train.method}) on {cfg.data.dataset} with "
+        f"{run.model.summary()['params']:,} weight parameters, "
         f"device {device} x {world_size()} process(es), run directory {run_dir}")
     run.run()
     arch = run.arch if run.finished() else run.decode()  # a stop writes the architecture of then
