@@ -61,14 +61,18 @@ TINY_HIERARCHICAL = ["--layers", "2", "--levels", "2", "--blocks", "2", "--filte
                      "--crop-size", "16", "--num-classes", "3"]
 TINY_CIFAR = ["--layers", "3", "--blocks", "2", "--init-channels", "4", "--batch-size", "2"]
 HIERARCHICAL_VARIANTS: dict[str, tuple[list[str], int]] = {
-    "fp32": ([], 35),
+    "fp32": ([], 30),
     "amp-bf16": (["--amp", "bf16"], 20),
     "amp-fp16": (["--amp", "fp16"], 20),
     "selective_checkpoint": (["--selective-checkpoint"], 20),
-    "checkpoint_cells": (["--checkpoint-cells"], 25),
+    "checkpoint_cells": (["--checkpoint-cells"], 20),
     "partial_channels-4": (["--partial-channels", "4"], 20),
 }
 """Eager settings of the paper-size hierarchical step: benchmark flags and budget (seconds)."""
+
+METHOD_SECTIONS = ("gdas", "random_ws")
+"""Search methods whose paper-size steps are timed besides darts's (the ones whose weight step differs:
+a sampled architecture per forward pass)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,9 @@ def plan(tiny: bool = False, budget_scale: float = 1.0) -> list[Section]:
     sections += [_benchmark(f"hierarchical/{name}", "paper-size hierarchical weight and architecture step",
                             ["--mode", "hierarchical", *hierarchical, *flags, *timing], budget)
                  for name, (flags, budget) in HIERARCHICAL_VARIANTS.items()]
+    sections += [_benchmark(f"methods/{method}", f"paper-size hierarchical steps of the {method} search method",
+                            ["--mode", "hierarchical", *hierarchical, "--method", method, *timing], 15)
+                 for method in METHOD_SECTIONS]
     sections += [_benchmark("cifar/first-order", "DARTS CIFAR-10 supernet, batch 64", [*cifar, *timing], 20),
                  _benchmark("cifar/second-order", "DARTS CIFAR-10 supernet, batch 64, --unrolled",
                             [*cifar, "--unrolled", *timing], 20)]
@@ -123,7 +130,7 @@ def plan(tiny: bool = False, budget_scale: float = 1.0) -> list[Section]:
                  Section("exactness/compile", "exactness", "compiled (default mode) step against eager", 35,
                          {"check": "compile"})]
     sections += [_benchmark(f"hierarchical/compile-{mode}", f"paper-size steps compiled ({mode}), compile time",
-                            ["--mode", "hierarchical", *hierarchical, "--compile", mode, *timing], 40)
+                            ["--mode", "hierarchical", *hierarchical, "--compile", mode, *timing], 30)
                  for mode in ("default", "reduce-overhead")]
     return [replace(s, budget_s=round(s.budget_s * budget_scale)) for s in sections]
 
