@@ -23,6 +23,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Iterator
@@ -187,7 +188,7 @@ def type_name(hint: Any) -> str:
     if isinstance(hint, type) and not typing.get_args(hint):
         return hint.__name__
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return " | ".join("None" if arg is type(None) else type_name(arg) for arg in args)
     if origin is not None:
         return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(arg) for arg in args)}]"
@@ -262,22 +263,22 @@ def section_doc(cls: type, title: str, prefix: str) -> str:
 
 def experiment_doc(cls: type, title: str) -> str:
     """Every section of one kind of experiment config (search or retrain)."""
+    hints = typing.get_type_hints(cls)
     parts = [f"## {title}\n", rst_block(cls.__doc__ or "")]
-    top = [item for item in dataclasses.fields(cls) if not dataclasses.is_dataclass(typing.get_type_hints(cls)[item.name])
+    top = [item for item in dataclasses.fields(cls) if not dataclasses.is_dataclass(hints[item.name])
            and item.name != "model"]
     if top:
         parts.append("### Top level\n")
         parts.append(table(["key", "type", "default"],
-                           [[code(item.name), code(type_name(typing.get_type_hints(cls)[item.name])),
-                             code(yaml_value(field_default(item)))] for item in top]))
+                           [[code(item.name), code(type_name(hints[item.name])), code(yaml_value(field_default(item)))]
+                            for item in top]))
         parts.append(section_rules(cls))
     for item in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[item.name]
         if cls is config.SearchConfig and item.name == "model":
             for mode, model_type in config.SearchConfig.MODEL_TYPES.items():
                 parts.append(section_doc(model_type, f"`model:` (`mode: {mode}`)", "model."))
-        elif dataclasses.is_dataclass(hint):
-            parts.append(section_doc(hint, f"`{item.name}:`", item.name + "."))
+        elif dataclasses.is_dataclass(hints[item.name]):
+            parts.append(section_doc(hints[item.name], f"`{item.name}:`", item.name + "."))
     return "\n".join(part for part in parts if part)
 
 
@@ -388,9 +389,8 @@ def generate(app: Any = None) -> None:
     write_if_changed(GENERATED_DIR / "datasets.md", datasets_table())
     write_pages(API_DIR, "autoseg*.md", {f"{module}.md": api_page(module) for module in api_modules()})
     write_if_changed(GENERATED_DIR / "api_index.md", api_index())
-    if not (FIGURES_DIR / "evolution.png").is_file():
-        FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-        draw_figures(FIGURES_DIR)
+    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+    draw_figures(FIGURES_DIR)
 
 
 def setup(app: Any) -> dict[str, Any]:
