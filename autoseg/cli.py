@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 
 from autoseg.compilation import COMPILE_MODES
 from autoseg.config import load_config, override, save_config, validate_config
+from autoseg.data import list_datasets
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
 from autoseg.engine.run_lock import RunLock, claim_new_run_dir
@@ -67,8 +68,8 @@ def add_compile_argument(parser: argparse.ArgumentParser, off_switch: bool = Tru
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every training tool shares."""
     parser.add_argument("--config", type=Path, help="experiment YAML (default: the one for --dataset in configs/)")
-    parser.add_argument("--dataset", help="cifar10, cityscapes, folder or synthetic")
-    parser.add_argument("--data-root", help="where the dataset lives (see the README for the layouts)")
+    parser.add_argument("--dataset", help=f"one of {', '.join(list_datasets())}")
+    parser.add_argument("--data-root", help="where the dataset lives (layouts: the datasets page of the documentation)")
     parser.add_argument("--num-classes", type=int, help="number of classes (folder datasets)")
     parser.add_argument("--out", type=Path, help="run directory to create (default: runs/<tool>/<dataset>-<time>)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")

@@ -342,6 +342,7 @@ NAN_POLICIES = ("stop", "skip")
 
 
 def _crop_fits_image(data: DataConfig, at: str) -> str | None:
+    """``data.crop_size`` is no larger than ``data.image_size``."""
     if data.crop_size is not None and data.image_size is not None and data.crop_size > data.image_size:
         return (f"{at}crop_size ({data.crop_size}) is larger than {at}image_size ({data.image_size}): lower "
                 "crop_size or raise image_size")
@@ -349,12 +350,14 @@ def _crop_fits_image(data: DataConfig, at: str) -> str | None:
 
 
 def _scale_range_ordered(data: DataConfig, at: str) -> str | None:
+    """``data.scale_range`` is ``[low, high]`` with ``low <= high``."""
     if data.scale_range is not None and data.scale_range[0] > data.scale_range[1]:
         return f"{at}scale_range must be [low, high] with low <= high, got {list(data.scale_range)}: e.g. [0.5, 2.0]"
     return None
 
 
 def _lr_min_below_lr(optimizer: OptimizerConfig | RetrainOptimizerConfig, at: str) -> str | None:
+    """``optimizer.lr_min`` is not above ``optimizer.lr`` (the schedule decays from one to the other)."""
     if optimizer.lr_min > optimizer.lr:
         return (f"{at}lr_min ({optimizer.lr_min:g}) is above {at}lr ({optimizer.lr:g}): the schedule decays from lr "
                 "down to lr_min, lower lr_min")
@@ -362,12 +365,14 @@ def _lr_min_below_lr(optimizer: OptimizerConfig | RetrainOptimizerConfig, at: st
 
 
 def _known_schedule(optimizer: RetrainOptimizerConfig, at: str) -> str | None:
+    """``optimizer.schedule`` is one of :data:`SCHEDULES`."""
     if optimizer.schedule not in SCHEDULES:
         return f"{at}schedule must be one of {', '.join(SCHEDULES)}, got {optimizer.schedule!r}"
     return None
 
 
 def _known_primitives(model: DartsSearchModelConfig | TrellisModelConfig, at: str) -> str | None:
+    """``model.primitives`` lists registered ops, each once, at least one of them other than ``none``."""
     try:
         check_primitives(model.primitives)
     except ValueError as exc:
@@ -379,6 +384,8 @@ def _known_primitives(model: DartsSearchModelConfig | TrellisModelConfig, at: st
 
 
 def _multiplier_within_blocks(model: DartsSearchModelConfig, at: str) -> str | None:
+    """``model.multiplier`` is not above ``model.blocks`` (the cell output concatenates the last ``multiplier``
+    block states)."""
     if model.multiplier > model.blocks:
         return (f"{at}multiplier ({model.multiplier}) is above {at}blocks ({model.blocks}): the cell output "
                 "concatenates the last `multiplier` block states, so lower it")
@@ -386,6 +393,7 @@ def _multiplier_within_blocks(model: DartsSearchModelConfig, at: str) -> str | N
 
 
 def _one_recomputation(model: TrellisModelConfig, at: str) -> str | None:
+    """``model.checkpoint_cells`` and ``model.selective_checkpoint`` are not both on."""
     if model.checkpoint_cells and model.selective_checkpoint:
         return (f"{at}checkpoint_cells and {at}selective_checkpoint are both on: checkpoint_cells already keeps "
                 "only each node's inputs, leaving selective_checkpoint nothing to save; turn off one of them")
@@ -393,6 +401,7 @@ def _one_recomputation(model: TrellisModelConfig, at: str) -> str | None:
 
 
 def _warmup_below_epochs(train: TrainConfig, at: str) -> str | None:
+    """``train.warmup_epochs`` is below ``train.epochs`` (at least one epoch updates the architecture)."""
     if train.warmup_epochs >= train.epochs:
         return (f"{at}warmup_epochs ({train.warmup_epochs}) must be below {at}epochs ({train.epochs}): the search "
                 "needs at least one epoch that updates the architecture, lower warmup_epochs or raise epochs")
@@ -400,30 +409,35 @@ def _warmup_below_epochs(train: TrainConfig, at: str) -> str | None:
 
 
 def _known_device(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    """``train.device`` is one of :data:`DEVICES`."""
     if train.device not in DEVICES:
         return f"{at}device must be one of {', '.join(DEVICES)}, got {train.device!r}"
     return None
 
 
 def _known_nan_policy(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    """``train.nan_policy`` is one of :data:`NAN_POLICIES`."""
     if train.nan_policy not in NAN_POLICIES:
         return f"{at}nan_policy must be one of {', '.join(NAN_POLICIES)}, got {train.nan_policy!r}"
     return None
 
 
 def _known_amp(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    """``train.amp`` is null (off) or a dtype of :data:`autoseg.precision.AUTOCAST_DTYPES`."""
     if train.amp is not None and train.amp not in AUTOCAST_DTYPES:
         return f"{at}amp must be one of {', '.join(AUTOCAST_DTYPES)} or null (off), got {train.amp!r}"
     return None
 
 
 def _cost_for_the_trellis(search: SearchConfig, at: str) -> str | None:
+    """``cost.target_madds`` is set only for the hierarchical search (``mode: hierarchical``)."""
     if not isinstance(search.model, TrellisModelConfig) and search.cost.target_madds is not None:
         return (f"{at}cost.target_madds applies to the hierarchical search only (mode: hierarchical), "
                 f"not to mode {search.mode!r}: remove it")
 
 
 def _known_compile_mode(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
+    """``train.compile`` is false, true or a mode of :data:`autoseg.compilation.COMPILE_MODES`."""
     try:
         compile_mode(train.compile)
     except UserError as exc:
@@ -439,6 +453,8 @@ _UNTRACEABLE_RECOMPUTATION = {
 
 
 def _compile_without_cell_checkpointing(config: SearchConfig, at: str) -> str | None:
+    """``train.compile`` is not combined with ``model.checkpoint_cells`` or ``model.selective_checkpoint``
+    (torch.compile cannot trace their recomputation)."""
     for key, what in _UNTRACEABLE_RECOMPUTATION.items():
         if config.train.compile is not False and getattr(config.model, key, False):
             return (f"{at}train.compile and model.{key} cannot be combined: torch.compile cannot trace {what}; "

@@ -3,7 +3,7 @@
 A :class:`TrainingRun` owns the run's position (epoch, step in the epoch, global step), its
 history, the per-epoch seed, the running figures of the current epoch, the TensorBoard writer and
 progress bars, the NaN/inf guard (:mod:`autoseg.engine.step_guard`), the checkpoint (atomic, with
-every process's RNG state and running figures, resumed bit for bit) and the sequence
+every process's RNG state and running figures, resumed bit for bit) and the sequence::
 
     for each step of (the rest of) an epoch: the subclass's step -> check -> update
         [-> checkpoint every ``train.checkpoint_every_steps`` steps]
@@ -123,7 +123,7 @@ class TrainingRun(abc.ABC):
 
     @abc.abstractmethod
     def training_state(self) -> dict[str, Any]:
-        """The model's and optimisers' state (``state_dict``s) for the checkpoint."""
+        """The model's and optimisers' state (their ``state_dict()``) for the checkpoint."""
 
     @abc.abstractmethod
     def load_training_state(self, state: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """What a retrained model's checkpoint says about it, and loading the model back.
 
 The retrain loop writes one :class:`TrainedModelMeta` into every checkpoint (key ``meta``);
-``tools/evaluate.py``, ``predict.py``, ``export.py`` and ``profile.py`` read it back with
-:func:`load_trained_model`, so the facts a model needs at inference time are defined once.
+``autoseg evaluate``, ``predict``, ``export``, ``profile_model`` and ``benchmark_search`` read it back
+with :func:`load_trained_model`, so the facts a model needs at inference time are defined once.
 """
 from __future__ import annotations
 

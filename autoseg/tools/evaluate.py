@@ -25,7 +25,7 @@ from typing import Any
 
 from autoseg.cli import add_amp_argument, apply_overrides
 from autoseg.config import DataConfig, from_dict
-from autoseg.data import dataset_eval_split
+from autoseg.data import dataset_eval_split, list_datasets
 from autoseg.engine.checkpoint import resolve_device
 from autoseg.engine.datasets import build_split
 from autoseg.engine.epoch_data import evaluation_batches
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The evaluation tool's command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="a retrain run directory (its best.pt) or a checkpoint file")
-    parser.add_argument("--dataset", help="cifar10, cityscapes, folder or synthetic (default: the checkpoint's)")
+    parser.add_argument("--dataset", help=f"one of {', '.join(list_datasets())} (default: the checkpoint's)")
     parser.add_argument("--data-root", help="where the dataset lives (default: the checkpoint's)")
     parser.add_argument("--num-classes", type=int, help="number of classes of a folder dataset (must match the model)")
     parser.add_argument("--split", help="split to evaluate (default: val for segmentation, test for classification)")
