@@ -7,6 +7,7 @@ import torch
 from autoseg.config import DartsSearchModelConfig, TrellisModelConfig
 from autoseg.models.spec import build_model, model_spec
 from autoseg.profiling import saved_activation_bytes
+from autoseg.search.methods import SearchSchedule, build_method, list_methods
 from autoseg.search.trellis_network import TrellisSearchNetwork
 from autoseg.tools.benchmark import paper_search_hours
 
@@ -43,6 +44,17 @@ def test_benchmark_prints_one_json_line_with_the_figures(tool, capsys, args):
     assert result["peak_memory_mb"] > 0 and result["saved_activations_mb"] > 0 and result["params"] > 0
     assert result["kernel_ops"] > 0 and "kernel_ops_top" not in result
     assert result["paper_search_hours"] is None  # not a paper's setting: no projection
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_benchmark_times_every_search_methods_steps(tool, method):
+    result = tool("benchmark")(["--mode", "hierarchical", "--layers", "2", "--levels", "2", "--blocks", "2",
+                                "--filter-multiplier", "2", "--crop-size", "16", "--num-classes", "3", "--steps", "1",
+                                "--warmup", "0", "--device", "cpu", "--method", method])
+    assert result["method"] == method and result["weight_step_s"] > 0 and result["saved_activations_mb"] > 0
+    net = TrellisSearchNetwork(3, layers=2, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8)
+    learns = build_method(method, {}, net, SearchSchedule(10**6, 0, 0)).updates_architecture(0)
+    assert ("arch_step_s" in result) == learns  # a method that learns no architecture has no architecture step
 
 
 def test_paper_search_hours_project_the_papers_searches():

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-3, weight_decay=1e-3)
     w_scaler = grad_scaler(device, args.amp)
     method = build_method(args.method, {"unrolled": True} if args.unrolled else {}, model,
-                          SearchSchedule(epochs=50, warmup_epochs=0, seed=0))
+                          SearchSchedule(epochs=10**6, warmup_epochs=0, seed=0))  # steps only: any length fits
     method.prepare(UpdateTools(criterion, a_opt, w_opt, grad_scaler(device, args.amp), None, forward))
     inputs = torch.randn(batch, 3, size, size, device=device)
     target = (torch.randint(0, classes, (batch, size, size)) if hierarchical
