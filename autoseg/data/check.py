@@ -18,8 +18,8 @@ the data (``ROOT/.autoseg-data-check.json``) when that folder is writable, else 
 (``$XDG_CACHE_HOME/autoseg`` or ``~/.cache/autoseg``).
 
 Datasets with files to check declare a :class:`FileLayout` in :data:`LAYOUTS`; the others,
-listed in :data:`WITHOUT_FILES` (``synthetic`` is generated, ``cifar10`` is read whole when it is
-built), need no more check than building them.
+listed in :data:`WITHOUT_FILES` (``synthetic`` and ``shapes`` are generated, ``cifar10`` is read
+whole when it is built), need no more check than building them.
 """
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ LAYOUTS: dict[str, FileLayout] = {
     "ade20k": FileLayout(ade20k.match_pairs, lambda num_classes: ade20k.check_annotation_values),
 }
 
-WITHOUT_FILES: dict[str, str] = {"synthetic": "generated", "cifar10": "read whole when it is built"}
+WITHOUT_FILES: dict[str, str] = {"synthetic": "generated", "shapes": "generated",
+                                  "cifar10": "read whole when it is built"}
 """The registered datasets that have no image files to check, and why."""
 
 

@@ -28,6 +28,7 @@ from autoseg.engine.task import Task
 from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
 from autoseg.errors import UserError
 from autoseg.files import atomic_write
+from autoseg.losses import resolve_class_weights
 from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
 from autoseg.process import is_distributed
 
@@ -65,7 +66,11 @@ class RetrainRun(TrainingRun):
                                                                         eta_min=o.lr_min)
         else:
             raise UserError(f"optimizer.schedule must be poly or cosine, got {o.schedule!r}")
-        self.criterion = task.criterion(cfg.loss, train_set, run_dir).to(device)  # class weights live on device
+        # class weights are cached in the run directory; a new run's is claimed only after this, so its
+        # cache is written with its first checkpoint (write_outputs)
+        claimed = run_dir.is_dir()
+        self.criterion = task.criterion(cfg.loss, train_set, run_dir if claimed else None).to(device)
+        self.class_weights_to_cache = not claimed and cfg.loss.class_weights is not None
         self.scaler = grad_scaler(device, t.amp)
         self.best: dict[str, Any] = {"metric": task.metric, "value": None, "epoch": None}
         self.improved = False
@@ -163,6 +168,9 @@ class RetrainRun(TrainingRun):
 
     def write_outputs(self, checkpoint: Path) -> None:
         """Copy the new checkpoint to ``best.pt`` when the metric of a record improved (a stop's
-        evaluation never counts)."""
+        evaluation never counts); a new run's first outputs also cache its class weights."""
+        if self.class_weights_to_cache:
+            resolve_class_weights(self.cfg.loss, self.train_set, self.task.num_classes, self.run_dir)
+            self.class_weights_to_cache = False
         if self.improved and self.stop_record is None:
             atomic_write(self.run_dir / BEST_NAME, lambda tmp: shutil.copyfile(checkpoint, tmp))
