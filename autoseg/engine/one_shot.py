@@ -17,11 +17,9 @@ from typing import Sequence
 import torch
 
 from autoseg.architecture import Architecture
-from autoseg.config import SearchConfig, from_dict
-from autoseg.engine.checkpoint import load_checkpoint, seed_everything
+from autoseg.engine.checkpoint import seed_everything
 from autoseg.engine.epoch_data import evaluation_batches
-from autoseg.engine.search_setup import build_search_data, build_search_method, build_search_network
-from autoseg.engine.task import build_task
+from autoseg.engine.search_setup import build_search_data, rebuild_search
 from autoseg.errors import UserError
 
 
@@ -29,14 +27,7 @@ def one_shot_scores(run_dir: Path, archs: Sequence[Architecture], device: torch.
                     max_batches: int | None = None) -> list[float]:
     """The task metric of the supernet of search run ``run_dir`` pinned to each of ``archs``, on
     the search's held-out set (its first ``max_batches`` evaluation batches, or all of it)."""
-    state = load_checkpoint(run_dir)
-    if state.get("kind", "search") != "search" or "config" not in state:
-        raise UserError(f"{run_dir} holds no search checkpoint: one-shot scores need a trained supernet")
-    cfg = from_dict(SearchConfig, state["config"], "the checkpoint's config")
-    task = build_task(cfg.data.dataset, cfg.data.num_classes)
-    network = build_search_network(cfg, task.num_classes)
-    network.load_state_dict(state["model"])
-    build_search_method(cfg, network).load_state_dict(state.get("method", {}))
+    cfg, task, network, _ = rebuild_search(run_dir)
     network.to(device)
     seed_everything(cfg.train.seed)
     held_out = build_search_data(cfg)[2]

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-from autoseg.config import SearchConfig
+from pathlib import Path
+
+from autoseg.config import SearchConfig, from_dict
 from autoseg.data import dataset_task, split_in_halves
+from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.datasets import build_split
+from autoseg.engine.task import Task, build_task
 from autoseg.errors import UserError
 from autoseg.search.methods import SearchMethod, SearchSchedule, build_method
 from autoseg.search.network import SearchNetwork
 from autoseg.search.spaces import build_search_network, get_space
 
-__all__ = ["build_search_data", "build_search_method", "build_search_network", "check_space_and_dataset"]
+__all__ = ["build_search_data", "build_search_method", "build_search_network", "check_space_and_dataset",
+           "rebuild_search"]
 
 
 def check_space_and_dataset(cfg: SearchConfig) -> None:
@@ -29,6 +34,22 @@ def build_search_method(cfg: SearchConfig, network: SearchNetwork) -> SearchMeth
     """The config's search method (``train.method`` with ``method_options``) on ``network``."""
     schedule = SearchSchedule(cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.seed)
     return build_method(cfg.train.method, cfg.method_options, network, schedule)
+
+
+def rebuild_search(source: Path) -> tuple[SearchConfig, Task, SearchNetwork, SearchMethod]:
+    """The search saved in ``source`` (a run directory or checkpoint file): its config, task,
+    supernet with the saved weights and architecture parameters, and method with its saved state;
+    a UserError when it holds no search checkpoint."""
+    state = load_checkpoint(source)
+    if state.get("kind", "search") != "search" or "mode" not in state or "config" not in state:
+        raise UserError(f"{source} is not a search checkpoint (no architecture parameters in it)")
+    cfg = from_dict(SearchConfig, state["config"], "the checkpoint's config")
+    task = build_task(cfg.data.dataset, cfg.data.num_classes)
+    network = build_search_network(cfg, task.num_classes)
+    network.load_state_dict(state["model"])
+    method = build_search_method(cfg, network)
+    method.load_state_dict(state.get("method", {}))
+    return cfg, task, network, method
 
 
 def build_search_data(cfg: SearchConfig) -> tuple[Dataset, Dataset, Dataset]:

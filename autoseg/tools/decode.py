@@ -22,11 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoseg.config import SearchConfig, from_dict
-from autoseg.engine.checkpoint import load_checkpoint
-from autoseg.engine.search_setup import build_search_method, build_search_network
-from autoseg.engine.task import build_task
-from autoseg.errors import UserError
+from autoseg.engine.search_setup import rebuild_search
 from autoseg.expected_cost import build_trellis_cost, with_cost
 from autoseg.files import write_json
 from autoseg.genotype import Genotype
@@ -58,15 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or run_dir
     if args.epoch is not None:
         return decode_epoch(run_dir, args.epoch, out)
-    state = load_checkpoint(args.source)
-    if state.get("kind", "search") != "search" or "mode" not in state or "config" not in state:
-        raise UserError(f"{args.source} is not a search checkpoint (no architecture parameters in it)")
-    cfg = from_dict(SearchConfig, state["config"], "the checkpoint's config")
-    num_classes = build_task(cfg.data.dataset, cfg.data.num_classes).num_classes
-    network = build_search_network(cfg, num_classes)
-    network.load_state_dict(state["model"])
-    method = build_search_method(cfg, network)
-    method.load_state_dict(state.get("method", {}))
+    cfg, task, network, method = rebuild_search(args.source)
+    num_classes = task.num_classes
     arch = with_cost(method.select(None), build_trellis_cost(cfg, num_classes))
     out.mkdir(parents=True, exist_ok=True)
     write_json(arch.to_dict(), out / arch.FILE_NAME)

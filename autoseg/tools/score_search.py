@@ -35,7 +35,7 @@ import yaml
 
 from autoseg.architecture import architecture_from_dict
 from autoseg.config import RetrainConfig, SearchConfig, from_dict, load_config, to_dict
-from autoseg.engine.checkpoint import load_checkpoint
+from autoseg.engine.checkpoint import load_checkpoint, resolve_device
 from autoseg.engine.one_shot import one_shot_scores
 from autoseg.errors import UserError
 from autoseg.files import read_json, write_json
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     retrain_argv = ["--config", str(retrain_file), *common]
     archs = [architecture_from_dict(row["arch"], "the table") for row in rows_of_table][:args.one_shot]
     finals = [row["final"] for row in rows_of_table][:len(archs)]
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device or search_config.train.device)
     arch_name = get_space(search_config.mode).architecture.FILE_NAME
     rows = []
     for k in range(args.searches):

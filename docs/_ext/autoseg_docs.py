@@ -33,7 +33,6 @@ from autoseg import cli, config
 from autoseg.compilation import COMPILE_MODES
 from autoseg.data import list_datasets
 from autoseg.losses import LOSS_NAMES
-from autoseg.models import list_models
 from autoseg.ops import list_ops
 from autoseg.precision import AUTOCAST_DTYPES
 from autoseg.search.methods import SEARCH_METHODS
