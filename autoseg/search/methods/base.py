@@ -89,7 +89,6 @@ class SearchMethod(abc.ABC):
         self.network = network
         self.schedule = schedule
         network.relaxation = self.relaxation
-        self.tools: UpdateTools | None = None
 
     def check(self) -> str | None:
         """What is wrong with the settings for this search (its schedule, its supernet), or None;
@@ -97,8 +96,8 @@ class SearchMethod(abc.ABC):
         return None
 
     def prepare(self, tools: UpdateTools) -> None:
-        """Called once by the search loop before training, with what an update works with."""
-        self.tools = tools
+        """Called once by the search loop before training, with what an update works with (a
+        method without an architecture update needs none of it)."""
 
     def updates_architecture(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (0-based, past the warm-up) updates the architecture, i.e.
@@ -146,7 +145,6 @@ class GradientMethod(SearchMethod):
 
     def prepare(self, tools: UpdateTools) -> None:
         """Build the architect."""
-        super().prepare(tools)
         self.architect = Architect(self.network, tools.criterion, tools.arch_optimizer, tools.w_optimizer,
                                    unrolled=self.second_order, fd_epsilon=self.fd_epsilon, scaler=tools.scaler,
                                    regularizer=tools.regularizer, forward=tools.forward)
