@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import yaml
 
@@ -65,20 +65,9 @@ class ArchOptimizerConfig:
 
 @dataclass
 class CollapseGuardsConfig:
-    """Guards against the search collapsing into ``skip_connect`` (:mod:`autoseg.search.collapse_guards`),
-    shared by both search modes; all off by default, i.e. the papers' search.
-
-    - ``partial_channels``: K, only 1/K of each edge's channels go through the mixed op, with
-      channel shuffle (PC-DARTS, Xu et al., ICLR 2020); 1 = off.
-    - ``edge_normalization``: per-edge architecture weights, softmax over each block's incoming
-      edges, also used to decode (PC-DARTS).
-    - ``auxiliary_skip``: beta0 of the auxiliary skip connection on every edge, decayed linearly
-      to 0 over the search (DARTS-, Chu et al., ICLR 2021; the paper uses 1.0); 0 = off.
-    - ``skip_dropout``: initial dropout rate after every identity ``skip_connect``, decayed
-      linearly to 0 over the search (P-DARTS, Chen et al., ICCV 2019); 0 = off.
-    - ``max_skip_connect``: decode-time cap M on the ``skip_connect`` edges of the (normal)
-      cell (P-DARTS, which uses 2); null = no cap.
-    """
+    """The collapse-guard settings of both search modes' ``model:`` section, flat as config files
+    write them; all off by default, i.e. the papers' search. What each one does and its range:
+    :class:`CollapseGuardSettings`, the one value the supernets take (:meth:`collapse_guards`)."""
 
     partial_channels: int = 1
     edge_normalization: bool = False
@@ -86,9 +75,10 @@ class CollapseGuardsConfig:
     skip_dropout: float = 0.0
     max_skip_connect: int | None = None
 
-    def collapse_guards(self) -> dict[str, Any]:
-        """The guard settings, as keyword arguments of the search supernets."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(CollapseGuardsConfig)}
+    def collapse_guards(self) -> CollapseGuardSettings:
+        """The guard settings as one value, the ``guards`` argument of the search supernets."""
+        names = [item.name for item in dataclasses.fields(CollapseGuardSettings)]
+        return CollapseGuardSettings(**{name: getattr(self, name) for name in names})
 
 
 @dataclass
@@ -306,8 +296,43 @@ _POSITIVE = Bounds(0, low_open=True)
 _FRACTION = Bounds(0, 1, high_open=True)  # momentum, Adam betas, drop-path probability
 _SEED = Bounds(0, 2**32 - 1)  # what numpy.random.seed accepts
 
-_GUARDS = {"partial_channels": _COUNT, "auxiliary_skip": _NON_NEGATIVE, "skip_dropout": _FRACTION,
-           "max_skip_connect": _NON_NEGATIVE}  # the collapse guards of both search modes
+
+@dataclass(frozen=True)
+class CollapseGuardSettings:
+    """The guards against the search collapsing into ``skip_connect``
+    (:mod:`autoseg.search.collapse_guards`) of one supernet, checked against their :attr:`BOUNDS`
+    when the value is made (a :class:`~autoseg.errors.UserError` naming each bad one); all off by
+    default, i.e. the papers' search. A search config writes them flat in its ``model:`` section
+    (:class:`CollapseGuardsConfig`).
+
+    - ``partial_channels``: K, only 1/K of each edge's channels go through the mixed op, with
+      channel shuffle (PC-DARTS, Xu et al., ICLR 2020); 1 = off.
+    - ``edge_normalization``: per-edge architecture weights, softmax over each block's incoming
+      edges, also used to decode (PC-DARTS).
+    - ``auxiliary_skip``: beta0 of the auxiliary skip connection on every edge, decayed linearly
+      to 0 over the search (DARTS-, Chu et al., ICLR 2021; the paper uses 1.0); 0 = off.
+    - ``skip_dropout``: initial dropout rate after every identity ``skip_connect``, decayed
+      linearly to 0 over the search (P-DARTS, Chen et al., ICCV 2019); 0 = off.
+    - ``max_skip_connect``: decode-time cap M on the ``skip_connect`` edges of the (normal)
+      cell (P-DARTS, which uses 2); null = no cap.
+    """
+
+    partial_channels: int = 1
+    edge_normalization: bool = False
+    auxiliary_skip: float = 0.0
+    skip_dropout: float = 0.0
+    max_skip_connect: int | None = None
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {"partial_channels": _COUNT, "auxiliary_skip": _NON_NEGATIVE,
+                                           "skip_dropout": _FRACTION, "max_skip_connect": _NON_NEGATIVE}
+    """The range of each guard; the search configs' ``model`` sections check theirs against these."""
+
+    def __post_init__(self) -> None:
+        """Raise one UserError naming every guard out of its range (as the config check words it)."""
+        problems = config_problems(self)
+        if problems:
+            raise UserError("; ".join(problems))
+
 
 BOUNDS: dict[type, dict[str, Bounds]] = {
     DataConfig: {"num_classes": _COUNT, "batch_size": _COUNT, "crop_size": _COUNT, "scale": Bounds(0, 1, low_open=True),
@@ -318,9 +343,9 @@ BOUNDS: dict[type, dict[str, Bounds]] = {
                       "grad_clip": _POSITIVE},
     ArchOptimizerConfig: {"lr": _POSITIVE, "betas": _FRACTION, "weight_decay": _NON_NEGATIVE},
     DartsSearchModelConfig: {"init_channels": _COUNT, "layers": _COUNT, "blocks": _COUNT, "multiplier": _COUNT,
-                             "stem_multiplier": _COUNT, **_GUARDS},
+                             "stem_multiplier": _COUNT, **CollapseGuardSettings.BOUNDS},
     TrellisModelConfig: {"layers": _COUNT, "levels": _COUNT, "blocks": _COUNT, "filter_multiplier": _COUNT,
-                         "aspp_base_rate": _COUNT, "aspp_channels": _COUNT, **_GUARDS},
+                         "aspp_base_rate": _COUNT, "aspp_channels": _COUNT, **CollapseGuardSettings.BOUNDS},
     TrainConfig: {"epochs": _COUNT, "warmup_epochs": _NON_NEGATIVE, "max_steps": _COUNT, "seed": _SEED,
                   "log_every": _COUNT, "checkpoint_every_steps": _COUNT},
     CostConfig: {"target_madds": _POSITIVE, "weight": _POSITIVE, "filter_multiplier": _COUNT, "input_size": _COUNT},

@@ -1,4 +1,5 @@
 """The collapse guards (PC-DARTS, DARTS-, P-DARTS): off = the plain computation, on = the papers' rules."""
+import dataclasses
 import json
 import math
 
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 from conftest import TINY_TRELLIS, write_config, write_tiny_cifar_search_config
 
 from autoseg import topk_cell
-from autoseg.config import SearchConfig, TrellisModelConfig
+from autoseg.config import (BOUNDS, CollapseGuardsConfig, CollapseGuardSettings, SearchConfig, TrellisModelConfig,
+                            validate_config)
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.search_setup import build_search_network
 from autoseg.errors import UserError
@@ -28,6 +30,48 @@ from autoseg.trellis import transition_probabilities
 ALL_ON = {"partial_channels": 2, "edge_normalization": True, "auxiliary_skip": 1.0, "skip_dropout": 0.3,
           "max_skip_connect": 1}
 SKIP = PRIMITIVES.index("skip_connect")
+
+
+def guards(**settings) -> CollapseGuards:
+    """The runtime guards of ``settings`` (the other guards off), at the start of a search."""
+    return CollapseGuards(CollapseGuardSettings(**settings))
+
+
+# -- the settings: one value, checked against the config's ranges ----------------------------------
+
+OUT_OF_RANGE = {"partial_channels": (0, "partial_channels must be at least 1, got 0"),
+                "auxiliary_skip": (-0.5, "auxiliary_skip must be at least 0, got -0.5"),
+                "skip_dropout": (1.0, "skip_dropout must be in [0, 1), got 1.0"),
+                "max_skip_connect": (-1, "max_skip_connect must be at least 0, got -1")}
+
+
+@pytest.mark.parametrize("mode", SearchConfig.MODEL_TYPES)
+@pytest.mark.parametrize("key", OUT_OF_RANGE)
+def test_guard_settings_reject_a_value_out_of_range_as_the_config_does(key, mode):
+    value, message = OUT_OF_RANGE[key]
+    with pytest.raises(UserError) as from_value:
+        CollapseGuardSettings(**{key: value})
+    assert str(from_value.value) == message
+    with pytest.raises(UserError) as from_config:
+        validate_config(SearchConfig(mode=mode, model=SearchConfig.MODEL_TYPES[mode](**{key: value})))
+    assert str(from_config.value).startswith(f"model.{message} (fix the config file")
+
+
+def test_the_config_checks_the_guards_against_the_settings_own_ranges():
+    assert set(CollapseGuardSettings.BOUNDS) == set(OUT_OF_RANGE)  # every numeric guard has its range
+    for model_type in SearchConfig.MODEL_TYPES.values():
+        assert issubclass(model_type, CollapseGuardsConfig)
+        assert all(BOUNDS[model_type][key] is bounds for key, bounds in CollapseGuardSettings.BOUNDS.items())
+
+
+def test_a_model_section_gives_its_flat_guard_keys_as_one_immutable_settings_value():
+    # the keys a config file writes are the value's settings, with the same types and defaults
+    assert ([(f.name, f.type, f.default) for f in dataclasses.fields(CollapseGuardsConfig)]
+            == [(f.name, f.type, f.default) for f in dataclasses.fields(CollapseGuardSettings)])
+    settings = TrellisModelConfig(filter_multiplier=4, **ALL_ON).collapse_guards()
+    assert settings == CollapseGuardSettings(**ALL_ON)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.skip_dropout = 0.0
 
 
 # -- guards off: the computation before the guards existed ---------------------------------------
@@ -91,8 +135,8 @@ def _outputs_and_gradients(build, x, monkeypatch=None):
 
 @pytest.mark.parametrize("build", [
     lambda: DartsSearchNetwork(3, init_channels=4, layers=3, num_blocks=2, multiplier=2),
-    lambda: DartsSearchNetwork(3, init_channels=4, layers=3, num_blocks=2, multiplier=2, partial_channels=1,
-                               edge_normalization=False, auxiliary_skip=0.0, skip_dropout=0.0, max_skip_connect=None),
+    lambda: DartsSearchNetwork(3, init_channels=4, layers=3, num_blocks=2, multiplier=2, guards=CollapseGuardSettings(
+        partial_channels=1, edge_normalization=False, auxiliary_skip=0.0, skip_dropout=0.0, max_skip_connect=None)),
     lambda: TrellisSearchNetwork(3, layers=3, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8),
     lambda: TrellisSearchNetwork(3, layers=3, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8,
                                  checkpoint_cells=True),
@@ -139,7 +183,7 @@ def test_channel_shuffle_is_the_pc_darts_permutation():
 def test_partial_channels_send_one_kth_through_the_ops_and_shuffle_the_rest_in(stride, size):
     channels, k, edges = 8, 4, 3
     torch.manual_seed(0)
-    partial = MixedEdges(channels, edges, stride, PRIMITIVES, CollapseGuards(partial_channels=k))
+    partial = MixedEdges(channels, edges, stride, PRIMITIVES, guards(partial_channels=k))
     plain = MixedEdges(channels // k, edges, stride, PRIMITIVES)  # the ops on C/K channels, no guards
     plain.load_state_dict(partial.state_dict())
     x = torch.randn(2, channels, size, size, requires_grad=True)
@@ -162,9 +206,7 @@ def test_partial_channels_send_one_kth_through_the_ops_and_shuffle_the_rest_in(s
 
 def test_partial_channels_must_divide_the_channels():
     with pytest.raises(ValueError, match="partial_channels 3 must divide"):
-        MixedEdges(8, 2, 1, PRIMITIVES, CollapseGuards(partial_channels=3))
-    with pytest.raises(ValueError, match="partial_channels must be 1"):
-        CollapseGuards(partial_channels=0)
+        MixedEdges(8, 2, 1, PRIMITIVES, guards(partial_channels=3))
     cfg = SearchConfig(mode="hierarchical", model=TrellisModelConfig(filter_multiplier=4, partial_channels=3))
     with pytest.raises(UserError, match="partial_channels 3"):
         build_search_network(cfg, 3)
@@ -193,9 +235,9 @@ def test_edge_weights_scale_each_edge_of_a_block():
 @pytest.mark.parametrize("unrolled", [False, True])
 def test_edge_parameters_are_architecture_parameters_that_get_gradients_and_updates(unrolled):
     torch.manual_seed(0)
-    darts = DartsSearchNetwork(3, init_channels=4, layers=3, num_blocks=2, multiplier=2, edge_normalization=True)
-    trellis = TrellisSearchNetwork(3, layers=2, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8,
-                                   edge_normalization=True)
+    on = CollapseGuardSettings(edge_normalization=True)
+    darts = DartsSearchNetwork(3, init_channels=4, layers=3, num_blocks=2, multiplier=2, guards=on)
+    trellis = TrellisSearchNetwork(3, layers=2, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8, guards=on)
     for net, edge_names, x, target in (
             (darts, ["edge_betas_normal", "edge_betas_reduce"], torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])),
             (trellis, ["edge_betas"], torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16)))):
@@ -242,20 +284,21 @@ def test_decoding_scores_edges_with_their_edge_weights():
 # -- DARTS- auxiliary skip connection ------------------------------------------------------------
 
 def test_auxiliary_skip_coefficient_decays_linearly_to_zero():
-    guards = CollapseGuards(auxiliary_skip=0.8, skip_dropout=0.4)
-    assert guards.current_auxiliary_skip == 0.8 and guards.current_skip_dropout == 0.4  # before any progress
+    decaying = guards(auxiliary_skip=0.8, skip_dropout=0.4)
+    assert decaying.current_auxiliary_skip == 0.8 and decaying.current_skip_dropout == 0.4  # before any progress
     epochs = 5
     seen = []
     for epoch in range(epochs):  # the search loop's call at the start of every epoch
-        guards.set_progress(epoch / epochs)
-        seen.append(guards.current_auxiliary_skip)
+        decaying.set_progress(epoch / epochs)
+        seen.append(decaying.current_auxiliary_skip)
     assert seen == pytest.approx([0.8, 0.64, 0.48, 0.32, 0.16])
-    guards.set_progress(1.0)
-    assert guards.current_auxiliary_skip == 0.0 and guards.current_skip_dropout == 0.0
+    decaying.set_progress(1.0)
+    assert decaying.current_auxiliary_skip == 0.0 and decaying.current_skip_dropout == 0.0
+    assert decaying.settings == CollapseGuardSettings(auxiliary_skip=0.8, skip_dropout=0.4)  # the settings stay
     with pytest.raises(ValueError, match="fraction"):
-        guards.set_progress(1.5)
+        decaying.set_progress(1.5)
     net = TrellisSearchNetwork(3, layers=2, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8,
-                               auxiliary_skip=1.0)
+                               guards=CollapseGuardSettings(auxiliary_skip=1.0))
     net.set_search_progress(0.25)
     assert all(m.guards.current_auxiliary_skip == 0.75 for m in net.modules() if isinstance(m, MixedEdges))
 
@@ -263,8 +306,8 @@ def test_auxiliary_skip_coefficient_decays_linearly_to_zero():
 @pytest.mark.parametrize("stride", [1, 2])
 def test_auxiliary_skip_adds_beta_times_a_skip_of_the_input_on_every_edge(stride):
     torch.manual_seed(0)
-    guards = CollapseGuards(auxiliary_skip=0.5)
-    aux = MixedEdges(4, 3, stride, PRIMITIVES, guards)
+    decaying = guards(auxiliary_skip=0.5)
+    aux = MixedEdges(4, 3, stride, PRIMITIVES, decaying)
     torch.manual_seed(0)
     plain = MixedEdges(4, 3, stride, PRIMITIVES)
     x = torch.randn(2, 4, 8, 8)
@@ -276,7 +319,7 @@ def test_auxiliary_skip_adds_beta_times_a_skip_of_the_input_on_every_edge(stride
         assert aux.auxiliary.conv_1.shape == (3, 2, 4)
         skip = aux.auxiliary(EdgeInput(x))
     assert torch.allclose(aux(x, weights), plain(x, weights) + 0.5 * skip, atol=1e-6)
-    guards.set_progress(1.0)
+    decaying.set_progress(1.0)
     assert torch.equal(aux(x, weights), plain(x, weights))
 
 
@@ -284,8 +327,7 @@ def test_auxiliary_skip_adds_beta_times_a_skip_of_the_input_on_every_edge(stride
 
 def test_skip_dropout_drops_the_identity_of_each_edge_independently_in_training_only():
     torch.manual_seed(0)
-    guards = CollapseGuards(skip_dropout=0.5)
-    edges = MixedEdges(4, 3, 1, PRIMITIVES, guards)
+    edges = MixedEdges(4, 3, 1, PRIMITIVES, guards(skip_dropout=0.5))
     x = torch.randn(2, 4, 16, 16)
     only_skip = torch.eye(len(PRIMITIVES))[SKIP].expand(3, -1)
     out = edges(x, only_skip)
@@ -300,8 +342,8 @@ def test_skip_dropout_drops_the_identity_of_each_edge_independently_in_training_
 @pytest.mark.parametrize("reduction", [False, True])
 def test_skip_dropout_at_rate_zero_or_in_eval_mode_or_on_strided_edges_changes_nothing(reduction):
     torch.manual_seed(0)
-    guards = CollapseGuards(skip_dropout=0.3)
-    guarded = MixedCell(4, 2, 2, PRIMITIVES, reduction, guards)
+    decaying = guards(skip_dropout=0.3)
+    guarded = MixedCell(4, 2, 2, PRIMITIVES, reduction, decaying)
     torch.manual_seed(0)
     plain = MixedCell(4, 2, 2, PRIMITIVES, reduction)
     s0, s1 = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
@@ -309,9 +351,9 @@ def test_skip_dropout_at_rate_zero_or_in_eval_mode_or_on_strided_edges_changes_n
     guarded.eval(), plain.eval()
     assert torch.equal(guarded(s0, s1, weights), plain(s0, s1, weights))
     guarded.train(), plain.train()
-    guards.set_progress(1.0)  # the rate has decayed to 0
+    decaying.set_progress(1.0)  # the rate has decayed to 0
     assert torch.equal(guarded(s0, s1, weights), plain(s0, s1, weights))
-    guards.set_progress(0.0)
+    decaying.set_progress(0.0)
     # stride-2 edges have no identity to drop (P-DARTS drops out the identity only)
     fan_out, rows = guarded.fan_outs[0], weights[:len(guarded.targets[0])]
     assert (fan_out.dropout_op is None) == reduction
@@ -328,7 +370,7 @@ def test_skip_dropout_masks_are_redrawn_identically_when_cells_are_recomputed():
     for checkpointed in (False, True):
         torch.manual_seed(0)
         net = TrellisSearchNetwork(3, layers=3, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8,
-                                   skip_dropout=0.5, checkpoint_cells=checkpointed)
+                                   checkpoint_cells=checkpointed, guards=CollapseGuardSettings(skip_dropout=0.5))
         torch.manual_seed(1)
         F.cross_entropy(net(x), target).backward()
         grads.append([p.grad for p in net.parameters()])

@@ -19,12 +19,12 @@ from conftest import write_config, write_tiny_retrain_config
 from torch._dynamo.utils import counters
 
 from autoseg.compilation import check_compile, compiled
-from autoseg.config import RetrainConfig, SearchConfig, load_config
+from autoseg.config import RetrainConfig, SearchConfig, TrellisModelConfig, load_config
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.search_setup import build_search_network
 from autoseg.errors import UserError
 from autoseg.models.spec import build_model, model_spec
-from autoseg.search.trellis_network import TrellisSearchNetwork
+from autoseg.search.network import SearchNetwork
 
 RTOL, ATOL = 1e-4, 1e-5
 """float32: compiled and eager losses, gradients and weights agree to ``|a - b| <= ATOL + RTOL * |b|``."""
@@ -58,10 +58,16 @@ def search_config(path: Path, **train) -> Path:
                         train={"epochs": 2, "warmup_epochs": 1, **train})
 
 
+def trellis_supernet(**model) -> SearchNetwork:
+    """The :data:`TRELLIS` supernet, with the ``model`` settings on top."""
+    return build_search_network(SearchConfig(mode="hierarchical", model=TrellisModelConfig(**{**TRELLIS, **model})),
+                                CLASSES)
+
+
 def write_arch(path: Path) -> Path:
     """The architecture a :data:`TRELLIS` supernet decodes to, as ``arch.json``: one cell of one block."""
     torch.manual_seed(0)
-    TrellisSearchNetwork(CLASSES, **TRELLIS).decode().to_json(path)
+    trellis_supernet().decode().to_json(path)
     return path
 
 
@@ -140,7 +146,7 @@ def graphs_captured() -> int:
 def test_supernet_is_captured_again_only_when_the_guards_first_decay():
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = TrellisSearchNetwork(CLASSES, **{**TRELLIS, "auxiliary_skip": 1.0, "skip_dropout": 0.4})
+    model = trellis_supernet(auxiliary_skip=1.0, skip_dropout=0.4)
     forward = torch.compile(model, backend="eager")
     images = torch.randn(2, 3, 32, 32)
     before = graphs_captured()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from autoseg.config import SearchConfig, TrellisModelConfig, validate_config
+from autoseg.config import CollapseGuardSettings, SearchConfig, TrellisModelConfig, validate_config
 from autoseg.errors import UserError
 from autoseg.profiling import saved_activation_bytes
 from autoseg.search.architect import Architect
@@ -15,10 +15,10 @@ from autoseg.search.trellis_network import TrellisSearchNetwork
 
 SMALL = {"layers": 3, "levels": 2, "blocks": 2, "filter_multiplier": 4, "aspp_channels": 8}
 GUARDS = {
-    "no guards": {},
-    "skip dropout": {"skip_dropout": 0.5},
-    "partial channels, edge normalisation, auxiliary skip": {"partial_channels": 2, "edge_normalization": True,
-                                                             "auxiliary_skip": 0.5},
+    "no guards": None,
+    "skip dropout": CollapseGuardSettings(skip_dropout=0.5),
+    "partial channels, edge normalisation, auxiliary skip": CollapseGuardSettings(
+        partial_channels=2, edge_normalization=True, auxiliary_skip=0.5),
 }
 OPTIONS = ("checkpoint_cells", "selective_checkpoint")
 
@@ -35,7 +35,7 @@ def _run(net: TrellisSearchNetwork, x: torch.Tensor, target: torch.Tensor) -> to
 @pytest.mark.parametrize("option", OPTIONS)
 def test_recomputing_equals_the_plain_computation(option, guards):
     torch.manual_seed(0)
-    plain = TrellisSearchNetwork(3, **SMALL, **guards)
+    plain = TrellisSearchNetwork(3, **SMALL, guards=guards)
     recomputing = copy.deepcopy(plain)
     setattr(recomputing, option, True)
     x, target = torch.randn(2, 3, 24, 24), torch.randint(0, 3, (2, 24, 24))

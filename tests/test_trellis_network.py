@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 
+from autoseg.config import CollapseGuardSettings
 from autoseg.ops import FactorizedReduce, ReLUConvBN
 from autoseg.search.trellis_network import TrellisSearchNetwork, Upsample
 from autoseg.trellis import predecessors, trellis_nodes, viterbi_path
@@ -61,11 +62,12 @@ def _node_by_transition(node, prev, prev_prev, probs, weights, size, edge_weight
     return total
 
 
-@pytest.mark.parametrize("guards", [{}, {"partial_channels": 2, "edge_normalization": True, "auxiliary_skip": 0.5}],
+@pytest.mark.parametrize("guards", [None, CollapseGuardSettings(partial_channels=2, edge_normalization=True,
+                                                                  auxiliary_skip=0.5)],
                          ids=["plain", "collapse-guards"])
 def test_stacked_cell_runs_equal_one_run_per_transition(guards):
     torch.manual_seed(0)
-    net = TrellisSearchNetwork(3, layers=3, levels=3, blocks=3, filter_multiplier=2, **guards)
+    net = TrellisSearchNetwork(3, layers=3, levels=3, blocks=3, filter_multiplier=2, guards=guards)
     node = net.nodes["2_1"]  # three incoming transitions and a state two layers back
     assert node.sources == [0, 1, 2] and node.preprocess0 is not None
     reference = copy.deepcopy(node)
@@ -74,7 +76,7 @@ def test_stacked_cell_runs_equal_one_run_per_transition(guards):
     prev_prev = torch.randn(2, 12, 6, 6, requires_grad=True)
     probs = torch.softmax(torch.randn(3), 0)
     weights = torch.softmax(torch.randn(9, 8), -1)
-    edge_weights = torch.rand(9) if guards else None
+    edge_weights = torch.rand(9) if guards is not None else None
     size = torch.Size((6, 6))
     out = node(prev, prev_prev, probs, weights, size, edge_weights)
     expected = _node_by_transition(reference, prev, prev_prev, probs, weights, size, edge_weights)

@@ -1,9 +1,10 @@
 """Guards against the collapse of differentiable search into parameter-free ops.
 
 DARTS-style searches tend to end with cells made mostly of ``skip_connect``: parameter-free
-ops make the supernet easy to train early and win the softmax. Each guard below is a named
-option of both search supernets, off by default (then the computation is exactly the plain
-DARTS / Auto-DeepLab one); the README section "Collapse guards" lists them with their costs.
+ops make the supernet easy to train early and win the softmax. Each guard below is a setting of
+:class:`~autoseg.config.CollapseGuardSettings`, the one value both search supernets take as
+``guards``; all are off by default (then the computation is exactly the plain DARTS /
+Auto-DeepLab one); the docs' "Collapse guards" guide lists them with their costs.
 
 - ``partial_channels: K`` — PC-DARTS (Y. Xu et al., "PC-DARTS: Partial Channel Connections for
   Memory-Efficient Architecture Search", ICLR 2020, arXiv 1907.05737, "partial channel
@@ -32,12 +33,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from autoseg.config import CollapseGuardSettings
 from autoseg.genotype import num_edges
 
 
 class CollapseGuards:
-    """The collapse-guard settings of one supernet, and the strengths of the decaying guards at
-    the current point of the search.
+    """The collapse-guard ``settings`` of one supernet (None: all off), and the strengths of the
+    decaying guards at the current point of the search.
 
     One instance is shared by every mixed op of a supernet; the supernet's
     ``set_search_progress(fraction)`` moves it (:meth:`set_progress`). Both decaying strengths
@@ -49,27 +51,16 @@ class CollapseGuards:
     :meth:`set_progress` they are at their initial values.
     """
 
-    def __init__(self, partial_channels: int = 1, edge_normalization: bool = False, auxiliary_skip: float = 0.0,
-                 skip_dropout: float = 0.0, max_skip_connect: int | None = None):
-        if partial_channels < 1:
-            raise ValueError(f"partial_channels must be 1 (off) or more, got {partial_channels}")
-        if auxiliary_skip < 0:
-            raise ValueError(f"auxiliary_skip must be 0 (off) or more, got {auxiliary_skip}")
-        if not 0 <= skip_dropout < 1:
-            raise ValueError(f"skip_dropout must be in [0, 1), got {skip_dropout}")
-        if max_skip_connect is not None and max_skip_connect < 0:
-            raise ValueError(f"max_skip_connect must be null (no cap) or 0 or more, got {max_skip_connect}")
-        self.partial_channels, self.edge_normalization = partial_channels, edge_normalization
-        self.auxiliary_skip, self.skip_dropout = float(auxiliary_skip), float(skip_dropout)
-        self.max_skip_connect = max_skip_connect
+    def __init__(self, settings: CollapseGuardSettings | None = None):
+        self.settings = settings if settings is not None else CollapseGuardSettings()
         self.set_progress(0.0)
 
     def set_progress(self, fraction: float) -> None:
         """Set the decaying strengths for the point ``fraction`` (0 = start, 1 = end) of the search."""
         if not 0 <= fraction <= 1:
             raise ValueError(f"the fraction of the search done must be in [0, 1], got {fraction}")
-        self.current_auxiliary_skip = self.auxiliary_skip * (1.0 - fraction)
-        self.current_skip_dropout = self.skip_dropout * (1.0 - fraction)
+        self.current_auxiliary_skip = self.settings.auxiliary_skip * (1.0 - fraction)
+        self.current_skip_dropout = self.settings.skip_dropout * (1.0 - fraction)
 
 
 def check_partial_channels(channels: int, partial_channels: int) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoseg.config import CollapseGuardSettings
 from autoseg.genotype import Genotype, num_edges
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_darts
@@ -47,7 +48,8 @@ class DartsSearchNetwork(SearchNetwork):
     Holds one alpha matrix per cell type (normal, reduce), initialised as 1e-3 * N(0, 1);
     :meth:`arch_parameters` and :meth:`weight_parameters` keep them apart for the two optimisers.
 
-    The collapse guards (:mod:`autoseg.search.collapse_guards`) are off by default:
+    The collapse guards (:mod:`autoseg.search.collapse_guards`) are the settings of ``guards``
+    (:class:`~autoseg.config.CollapseGuardSettings`), all off by default (None):
     ``partial_channels``, ``auxiliary_skip`` and ``skip_dropout`` change the mixed ops;
     ``edge_normalization`` adds the PC-DARTS edge logits ``edge_betas_normal`` and
     ``edge_betas_reduce`` (one per edge, 1e-3 * N(0, 1), as in the PC-DARTS code) to the
@@ -63,12 +65,9 @@ class DartsSearchNetwork(SearchNetwork):
 
     def __init__(self, num_classes: int = 10, init_channels: int = 16, layers: int = 8, num_blocks: int = 4,
                  multiplier: int = 4, stem_multiplier: int = 3, primitives: Sequence[str] = PRIMITIVES,
-                 partial_channels: int = 1, edge_normalization: bool = False, auxiliary_skip: float = 0.0,
-                 skip_dropout: float = 0.0, max_skip_connect: int | None = None,
-                 selective_checkpoint: bool = False):
+                 guards: CollapseGuardSettings | None = None, selective_checkpoint: bool = False):
         super().__init__()
-        self.guards = CollapseGuards(partial_channels, edge_normalization, auxiliary_skip, skip_dropout,
-                                     max_skip_connect)
+        self.guards = CollapseGuards(guards)
         self.primitives = tuple(primitives)
         self.num_blocks = num_blocks
         self.multiplier = multiplier
@@ -90,7 +89,7 @@ class DartsSearchNetwork(SearchNetwork):
         shape = (num_edges(num_blocks), len(self.primitives))
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(shape))
-        if edge_normalization:
+        if self.guards.settings.edge_normalization:
             self.edge_betas_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
             self.edge_betas_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
         convert_batchnorm(self)
@@ -99,7 +98,7 @@ class DartsSearchNetwork(SearchNetwork):
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters (alpha of the normal and of the reduction cell, then
         their edge logits with ``edge_normalization``)."""
-        edges = [self.edge_betas_normal, self.edge_betas_reduce] if self.guards.edge_normalization else []
+        edges = [self.edge_betas_normal, self.edge_betas_reduce] if self.guards.settings.edge_normalization else []
         return [self.alphas_normal, self.alphas_reduce, *edges]
 
     def set_search_progress(self, fraction: float) -> None:
@@ -112,7 +111,7 @@ class DartsSearchNetwork(SearchNetwork):
         normal = self.choice_weights("normal", self.relaxation.weights(self.alphas_normal, self.training))
         reduce = self.choice_weights("reduce", self.relaxation.weights(self.alphas_reduce, self.training))
         edges_normal = edges_reduce = None
-        if self.guards.edge_normalization:
+        if self.guards.settings.edge_normalization:
             edges_normal = edge_normalization_weights(self.edge_betas_normal, self.num_blocks)
             edges_reduce = edge_normalization_weights(self.edge_betas_reduce, self.num_blocks)
         for cell in self.cells:
@@ -140,11 +139,11 @@ class DartsSearchNetwork(SearchNetwork):
 
     def decode(self) -> Genotype:
         """The discrete cells decoded with the DARTS top-2 rule from :meth:`arch_weights`."""
-        edges = ((self.edge_betas_normal, self.edge_betas_reduce) if self.guards.edge_normalization
+        edges = ((self.edge_betas_normal, self.edge_betas_reduce) if self.guards.settings.edge_normalization
                  else (None, None))
         weights = self.arch_weights()
         return decode_darts(weights["normal"], weights["reduce"], self.primitives, self.num_blocks,
-                            self.multiplier, *edges, max_skip_connect=self.guards.max_skip_connect)
+                            self.multiplier, *edges, max_skip_connect=self.guards.settings.max_skip_connect)
 
     def figures(self, arch: Genotype) -> dict[str, np.ndarray]:
         """softmax(alpha) of each cell type as a heat map, and each decoded cell."""

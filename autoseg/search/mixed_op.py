@@ -46,7 +46,7 @@ class MixedEdges(RecomputableModule):
     def __init__(self, channels: int, num_edges: int, stride: int, primitives: Sequence[str],
                  guards: CollapseGuards | None = None):
         super().__init__()
-        self.partial_channels = guards.partial_channels if guards is not None else 1
+        self.partial_channels = guards.settings.partial_channels if guards is not None else 1
         check_partial_channels(channels, self.partial_channels)
         self.active = [i for i, name in enumerate(primitives) if name != "none"]
         if not self.active:
@@ -61,7 +61,7 @@ class MixedEdges(RecomputableModule):
         self.bypass_pool = (nn.MaxPool2d(2, 2, ceil_mode=True) if self.partial_channels > 1 and stride == 2
                             else None)
         self.auxiliary = (build_wide_op("skip_connect", channels, num_edges, stride)
-                          if guards is not None and guards.auxiliary_skip > 0 else None)
+                          if guards is not None and guards.settings.auxiliary_skip > 0 else None)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         k = self.partial_channels

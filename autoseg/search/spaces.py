@@ -49,7 +49,7 @@ class SearchSpace:
 def _darts_cells(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
     m = cfg.model
     return DartsSearchNetwork(num_classes, m.init_channels, m.layers, m.blocks, m.multiplier, m.stem_multiplier,
-                              m.primitives, **m.collapse_guards(), selective_checkpoint=m.selective_checkpoint)
+                              m.primitives, guards=m.collapse_guards(), selective_checkpoint=m.selective_checkpoint)
 
 
 def _any_data(cfg: SearchConfig) -> None:
@@ -65,7 +65,7 @@ def _trellis(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
     m = cfg.model
     return TrellisSearchNetwork(num_classes, m.layers, m.levels, m.blocks, m.filter_multiplier, m.primitives,
                                 m.free_first_step, m.aspp_base_rate, m.aspp_channels, m.checkpoint_cells,
-                                **m.collapse_guards(), selective_checkpoint=m.selective_checkpoint)
+                                guards=m.collapse_guards(), selective_checkpoint=m.selective_checkpoint)
 
 
 SEARCH_SPACES: dict[str, SearchSpace] = {space.name: space for space in (

@@ -20,7 +20,8 @@ depends on there being 12 layers or 4 levels.
 - Head: an ASPP module on every node of the last layer (a 1x1 branch, one 3x3 branch of
   atrous rate ``aspp_base_rate / stride`` = 96/s, image pooling), a 1x1 classifier, logits
   upsampled to the input size and summed.
-- Collapse guards (:mod:`autoseg.search.collapse_guards`), off by default: ``partial_channels``,
+- Collapse guards (:mod:`autoseg.search.collapse_guards`), the settings of ``guards``
+  (:class:`~autoseg.config.CollapseGuardSettings`), all off by default (None): ``partial_channels``,
   ``auxiliary_skip`` and ``skip_dropout`` change every cell's mixed ops; ``edge_normalization``
   adds PC-DARTS's per-edge logits ``edge_betas`` (shared by every cell, like alpha) to the
   architecture parameters; ``max_skip_connect`` caps the ``skip_connect`` edges of the decoded
@@ -41,6 +42,7 @@ from torch import nn
 from autoseg.architecture import NetworkArch
 from autoseg.genotype import num_edges
 from autoseg.aspp import ASPP
+from autoseg.config import CollapseGuardSettings
 from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_hierarchical
 from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_weights
@@ -143,12 +145,10 @@ class TrellisSearchNetwork(SearchNetwork):
     def __init__(self, num_classes: int, layers: int = 12, levels: int = 4, blocks: int = 5,
                  filter_multiplier: int = 8, primitives: Sequence[str] = PRIMITIVES,
                  free_first_step: bool = True, aspp_base_rate: int = 96, aspp_channels: int | None = None,
-                 checkpoint_cells: bool = False, partial_channels: int = 1, edge_normalization: bool = False,
-                 auxiliary_skip: float = 0.0, skip_dropout: float = 0.0, max_skip_connect: int | None = None,
+                 checkpoint_cells: bool = False, guards: CollapseGuardSettings | None = None,
                  selective_checkpoint: bool = False):
         super().__init__()
-        self.guards = CollapseGuards(partial_channels, edge_normalization, auxiliary_skip, skip_dropout,
-                                     max_skip_connect)
+        self.guards = CollapseGuards(guards)
         if layers < 1 or levels < 1 or blocks < 1 or filter_multiplier < 1:
             raise ValueError("layers, levels, blocks and filter_multiplier must all be positive")
         if checkpoint_cells and selective_checkpoint:
@@ -182,7 +182,7 @@ class TrellisSearchNetwork(SearchNetwork):
         })
         self.alphas = nn.Parameter(1e-3 * torch.randn(num_edges(blocks), len(self.primitives)))
         self.betas = nn.Parameter(1e-3 * torch.randn(layers, levels, 3))
-        if edge_normalization:  # PC-DARTS's per-edge logits (not the network-level beta)
+        if self.guards.settings.edge_normalization:  # PC-DARTS's per-edge logits (not the network-level beta)
             self.edge_betas = nn.Parameter(1e-3 * torch.randn(num_edges(blocks)))
         convert_batchnorm(self)
         self.selective_checkpoint = selective_checkpoint
@@ -195,7 +195,7 @@ class TrellisSearchNetwork(SearchNetwork):
     def arch_parameters(self) -> list[nn.Parameter]:
         """alpha (shared by every cell), beta (the transitions) and, with ``edge_normalization``,
         the cell's edge logits."""
-        return [self.alphas, self.betas, *([self.edge_betas] if self.guards.edge_normalization else [])]
+        return [self.alphas, self.betas, *([self.edge_betas] if self.guards.settings.edge_normalization else [])]
 
     def set_search_progress(self, fraction: float) -> None:
         """Tell the decaying collapse guards which fraction (0..1) of the search is done."""
@@ -226,7 +226,7 @@ class TrellisSearchNetwork(SearchNetwork):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cell_weights = self.choice_weights("cell", self.relaxation.weights(self.alphas, self.training))
         edge_weights = (edge_normalization_weights(self.edge_betas, self.num_blocks)
-                        if self.guards.edge_normalization else None)
+                        if self.guards.settings.edge_normalization else None)
         probs = self.transition_weights()
         states: dict[tuple[int, int], torch.Tensor] = {(-1, 0): self.stem(x)}
         sizes = {0: states[(-1, 0)].shape[-2:]}
@@ -274,8 +274,8 @@ class TrellisSearchNetwork(SearchNetwork):
         weights = self.arch_weights()
         return decode_hierarchical(weights["cell"], weights["transitions"], self.primitives, self.filter_multiplier,
                                    self.free_first_step,
-                                   edge_betas=self.edge_betas if self.guards.edge_normalization else None,
-                                   max_skip_connect=self.guards.max_skip_connect)
+                                   edge_betas=self.edge_betas if self.guards.settings.edge_normalization else None,
+                                   max_skip_connect=self.guards.settings.max_skip_connect)
 
     def figures(self, arch: NetworkArch) -> dict[str, np.ndarray]:
         """softmax(alpha), the trellis of transition probabilities with the decoded path, and
