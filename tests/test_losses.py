@@ -10,7 +10,7 @@ from conftest import write_config
 from torch import nn
 
 from autoseg import losses
-from autoseg.config import LossConfig, RetrainConfig, from_dict
+from autoseg.config import LossConfig, RetrainConfig, from_dict, load_config
 from autoseg.errors import UserError
 from autoseg.losses import OhemCrossEntropy, build_loss, resolve_class_weights, training_criterion
 
@@ -158,12 +158,15 @@ def test_bad_loss_options_are_one_line_errors_before_the_run_directory(tool, tmp
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
 
 
-def test_flat_loss_settings_of_earlier_configs_and_saved_runs_become_the_loss_options():
+def test_flat_loss_settings_of_earlier_configs_and_saved_runs_become_the_loss_options(tmp_path):
     # a saved run's config.yaml held every flat key; those of the other losses never had an effect
     saved = {"class_weights": None, "ohem_threshold": 0.6, "ohem_min_kept": 500, "focal_gamma": 3.0}
     assert from_dict(LossConfig, {"name": "ohem", **saved}) == LossConfig("ohem", {"threshold": 0.6, "min_kept": 500})
     assert from_dict(LossConfig, {"name": "focal", **saved}) == LossConfig("focal", {"gamma": 3.0})
     assert from_dict(LossConfig, saved) == LossConfig("ce", {})
+    resumed = load_config(write_config(tmp_path / "config.yaml", "retrain/synthetic", loss={"name": "ohem", **saved}),
+                          RetrainConfig)  # how --resume reads a run directory's config.yaml
+    assert resumed.loss == LossConfig("ohem", {"threshold": 0.6, "min_kept": 500})
     assert losses.loss_options(from_dict(LossConfig, {"name": "focal", **saved})).gamma == 3.0
     with pytest.raises(UserError, match="sets gamma twice, as focal_gamma and as options.gamma"):
         from_dict(LossConfig, {"name": "focal", "focal_gamma": 1.0, "options": {"gamma": 2.0}})

@@ -1,9 +1,7 @@
 """Datasets: one registry, one factory, and the contract every segmentation dataset keeps.
 
-Built-in datasets: ``synthetic`` (generated street scenes, the default; no files needed), ``shapes``
-(generated large shapes told apart by their outline),
-``cityscapes``, ``voc`` and ``voc_aug`` (PASCAL VOC 2012, official or SBD-augmented train set),
-``ade20k``, ``folder`` (your own images and masks) and ``cifar10`` (DARTS cell search).
+The built-in datasets are the modules imported at the bottom of this file; :func:`list_datasets`
+names every registered one (``synthetic``, generated street scenes, is the default).
 
 Every dataset class declares its ``task`` (``"segmentation"`` or ``"classification"``),
 ``eval_split`` (the split results are reported on) and the experiment configs a run on it starts
