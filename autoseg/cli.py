@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from autoseg.compilation import COMPILE_MODES
-from autoseg.config import load_config, override, save_config, validate_config
-from autoseg.data import list_datasets
+from autoseg.config import DataConfig, load_config, override, save_config, validate_config
+from autoseg.data import dataset_default_config, list_datasets
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
 from autoseg.engine.run_lock import RunLock, claim_new_run_dir
@@ -130,10 +130,25 @@ def stopped_message(global_step: int, run_dir: Path) -> str:
             f"continue with --resume {run_dir}")
 
 
-def default_config(kind: str, dataset: str | None, fallback: str) -> Path:
-    """``configs/<kind>/<dataset>.yaml`` when it exists, else ``configs/<kind>/<fallback>.yaml``."""
-    candidate = CONFIG_DIR / kind / f"{dataset}.yaml"
-    return candidate if dataset and candidate.is_file() else CONFIG_DIR / kind / f"{fallback}.yaml"
+def default_config(kind: str, dataset: str | None) -> Path:
+    """The config a ``kind`` run (``search`` or ``retrain``) on ``dataset`` starts from without
+    ``--config``: ``configs/<kind>/<name>.yaml`` of the name the dataset declares (see
+    :func:`~autoseg.data.dataset_default_config`); no dataset means the default one (synthetic).
+    A dataset that declares none, or an unknown dataset, is a UserError."""
+    dataset = dataset or DataConfig().dataset
+    name = dataset_default_config(dataset, kind)
+    if name is None:
+        raise UserError(f"dataset {dataset!r} has no default {kind} config: pass --config FILE")
+    return CONFIG_DIR / kind / f"{name}.yaml"
+
+
+def default_configs_help(kind: str) -> str:
+    """The config each registered dataset's ``kind`` runs start from without ``--config``, one line
+    each (for a tool's ``--help``)."""
+    names = {dataset: dataset_default_config(dataset, kind) for dataset in list_datasets()}
+    lines = [f"  {dataset}: " + (f"{name}.yaml" if name else "none (--config is required)")
+             for dataset, name in names.items()]
+    return f"default configs (--dataset -> configs/{kind}/):\n" + "\n".join(lines)
 
 
 def default_run_dir(tool: str, dataset: str) -> Path:

@@ -239,17 +239,16 @@ class RetrainTrainConfig:
 class LossConfig:
     """The segmentation training loss (see :mod:`autoseg.losses`); pixels labelled 255 never count.
 
-    ``name``: ``ce`` (cross-entropy, the papers'), ``ohem`` (cross-entropy over the hard pixels:
-    true-class probability below ``ohem_threshold``, at least ``ohem_min_kept`` per batch),
-    ``dice``, ``focal`` (focusing parameter ``focal_gamma``) or ``lovasz``. ``class_weights``:
-    none, one weight per class, or ``median_frequency`` (computed from the training masks).
+    ``name``: a registered loss (``ce``, cross-entropy, the papers'; ``ohem``, ``dice``, ``focal``,
+    ``lovasz``). ``options``: that loss's own settings (checked against its options when the loss
+    is built; empty: its defaults), e.g. ``{threshold: 0.7, min_kept: 100000}`` of ``ohem`` or
+    ``{gamma: 2.0}`` of ``focal``. ``class_weights``: none, one weight per class, or
+    ``median_frequency`` (computed from the training masks), for the losses that take them.
     """
 
     name: str = "ce"
+    options: dict[str, Any] = field(default_factory=dict)
     class_weights: list[float] | str | None = None
-    ohem_threshold: float = 0.7
-    ohem_min_kept: int = 100_000
-    focal_gamma: float = 2.0
 
 
 @dataclass
@@ -354,8 +353,7 @@ BOUNDS: dict[type, dict[str, Bounds]] = {
                          "drop_path_prob": _FRACTION},
     RetrainOptimizerConfig: {"lr": _POSITIVE, "momentum": _FRACTION, "weight_decay": _NON_NEGATIVE,
                              "poly_power": _POSITIVE, "lr_min": _NON_NEGATIVE, "grad_clip": _POSITIVE},
-    LossConfig: {"class_weights": _NON_NEGATIVE, "ohem_threshold": Bounds(0, 1, low_open=True),
-                 "ohem_min_kept": _NON_NEGATIVE, "focal_gamma": _NON_NEGATIVE},
+    LossConfig: {"class_weights": _NON_NEGATIVE},
     RetrainTrainConfig: {"epochs": _COUNT, "iterations": _COUNT, "max_steps": _COUNT, "eval_every": _COUNT,
                          "seed": _SEED, "log_every": _COUNT, "checkpoint_every_steps": _COUNT},
 }
@@ -622,19 +620,53 @@ def _unrolled_as_method_option(data: dict[str, Any], where: str) -> dict[str, An
     return data
 
 
+FLAT_LOSS_OPTIONS: dict[str, tuple[str, str]] = {"ohem_threshold": ("ohem", "threshold"),
+                                                 "ohem_min_kept": ("ohem", "min_kept"),
+                                                 "focal_gamma": ("focal", "gamma")}
+"""The loss settings of the loss section as written before each loss had its own options: flat key
+-> (the loss it set, its name among that loss's ``options``)."""
+
+
+def _flat_loss_settings_as_options(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A loss section as written before each loss had its own options (saved runs wrote every flat
+    key of :data:`FLAT_LOSS_OPTIONS`), in today's form: the flat keys of the loss ``name`` become
+    its ``options``; those of the other losses, which never had an effect, are dropped."""
+    flat = {key: data[key] for key in FLAT_LOSS_OPTIONS if key in data}
+    if not flat:
+        return data
+    section = {key: value for key, value in data.items() if key not in FLAT_LOSS_OPTIONS}
+    options = dict(section.get("options") or {})
+    for key, value in flat.items():
+        loss, option = FLAT_LOSS_OPTIONS[key]
+        if loss != section.get("name", "ce"):
+            continue
+        if option in options:
+            raise UserError(f"{where} sets {option} twice, as {key} and as options.{option}: keep options.{option}")
+        options[option] = value
+    return {**section, "options": options}
+
+
+LEGACY_SECTIONS: dict[type, Callable[[dict[str, Any], str], dict[str, Any]]] = {
+    SearchConfig: _unrolled_as_method_option,
+    LossConfig: _flat_loss_settings_as_options,
+}
+"""Sections whose earlier layout is still read (so that saved runs resume and old configs load),
+each with the function that turns a mapping of that layout into today's."""
+
+
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrongly typed values."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{where} must be a mapping of keys to values, got {data!r}")
+    if cls in LEGACY_SECTIONS:
+        data = LEGACY_SECTIONS[cls](data, where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid keys: {', '.join(names)}")
-    if cls is SearchConfig:
-        data = _unrolled_as_method_option(data, where)
     values = {}
     for name, value in data.items():
         if cls is SearchConfig and name == "model":

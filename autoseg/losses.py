@@ -1,14 +1,19 @@
-"""Segmentation training losses, chosen by the ``loss`` section of a retrain config.
+"""Segmentation training losses: a registry, chosen by the ``loss`` section of a retrain config.
+
+A loss is one :class:`Loss` subclass registered with :func:`register_loss`: its ``Options``
+dataclass (the settings of the config's ``loss.options``, with their defaults and ``BOUNDS``),
+whether it takes class weights, and ``build``. The retrain tool, the documentation and the
+contract tests find it here, by name (:func:`list_losses`). The built-in losses:
 
 - ``ce`` (default): cross-entropy with ignore index 255, as Auto-DeepLab and DeepLab train;
   exactly ``torch.nn.CrossEntropyLoss(ignore_index=255)``.
 - ``ohem``: online hard example mining (Shrivastava et al., "Training Region-based Object
   Detectors with Online Hard Example Mining", CVPR 2016) in the pixel form of the PSPNet and
   mmsegmentation code: cross-entropy averaged over the pixels whose predicted probability of
-  their true class is below ``ohem_threshold``, and over the ``ohem_min_kept`` hardest pixels
-  of the batch when fewer are below it. (DeepLab's own variant keeps a fixed top-k percent.)
+  their true class is below ``threshold``, and over the ``min_kept`` hardest pixels of the batch
+  when fewer are below it. (DeepLab's own variant keeps a fixed top-k percent.)
 - ``dice``, ``focal`` and ``lovasz``: segmentation_models_pytorch's ``DiceLoss``, ``FocalLoss``
-  (one-vs-rest sigmoid focal loss of Lin et al., ICCV 2017, ``gamma = focal_gamma``) and
+  (one-vs-rest sigmoid focal loss of Lin et al., ICCV 2017, focusing parameter ``gamma``) and
   ``LovaszLoss`` (Lovasz-softmax of Berman et al., CVPR 2018), all in multiclass mode with
   ``ignore_index=255``: ignored pixels are removed (focal, Lovasz) or masked out of both the
   intersection and the cardinality (Dice) before the loss is computed.
@@ -25,10 +30,12 @@ focal weight the per-class losses; Lovasz takes none.
 """
 from __future__ import annotations
 
+import abc
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -37,11 +44,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from autoseg.config import LossConfig
+from autoseg.config import Bounds, LossConfig, config_problems, from_dict
 from autoseg.data.transforms import IGNORE_INDEX
 from autoseg.errors import UserError
 
-LOSS_NAMES = ("ce", "ohem", "dice", "focal", "lovasz")
 MEDIAN_FREQUENCY = "median_frequency"
 CLASS_WEIGHTS_FILE = "class_weights.json"
 
@@ -58,10 +64,6 @@ class OhemCrossEntropy(nn.Module):
     def __init__(self, threshold: float = 0.7, min_kept: int = 100_000, ignore_index: int = IGNORE_INDEX,
                  weight: torch.Tensor | None = None):
         super().__init__()
-        if not 0.0 < threshold <= 1.0:
-            raise UserError(f"loss.ohem_threshold must be in (0, 1], got {threshold}")
-        if min_kept < 0:
-            raise UserError(f"loss.ohem_min_kept must be at least 0, got {min_kept}")
         self.threshold, self.min_kept, self.ignore_index = threshold, min_kept, ignore_index
         self.register_buffer("weight", weight)
 
@@ -89,37 +91,201 @@ class OhemCrossEntropy(nn.Module):
         return losses[kept].sum() / self.weight[target[kept]].sum()
 
 
+@dataclasses.dataclass
+class NoOptions:
+    """A loss without options."""
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {}
+
+
+class Loss(abc.ABC):
+    """A registered training loss: its name, options and whether it takes class weights, and
+    :meth:`build`, which makes the ``nn.Module`` for logits ``(N, C, H, W)`` and targets
+    ``(N, H, W)``."""
+
+    name: ClassVar[str]
+    """The loss's registry name (``loss.name``), set by :func:`register_loss`."""
+
+    Options: ClassVar[type] = NoOptions
+    """The dataclass of the loss's settings (``loss.options``), with their defaults and ``BOUNDS``."""
+
+    takes_class_weights: ClassVar[bool] = True
+    """Whether ``loss.class_weights`` may be set for this loss."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def build(options: Any, ignore_index: int, weight: torch.Tensor | None) -> nn.Module:
+        """The loss module with ``options`` (an ``Options``), ignoring targets ``ignore_index``,
+        with the per-class ``weight`` (None: unweighted; always None where the loss takes none)."""
+
+
+LossClass = TypeVar("LossClass", bound=type[Loss])
+
+LOSSES: dict[str, type[Loss]] = {}
+"""Every registered loss, by name."""
+
+
+def register_loss(name: str) -> Callable[[LossClass], LossClass]:
+    """Class decorator that registers a :class:`Loss` subclass as ``loss.name: name`` (a second
+    loss of the same name is an error)."""
+
+    def register(cls: LossClass) -> LossClass:
+        if name in LOSSES:
+            raise ValueError(f"a loss named {name!r} is registered already")
+        cls.name = name
+        LOSSES[name] = cls
+        return cls
+
+    return register
+
+
+def list_losses() -> list[str]:
+    """The registered losses' names, in registration order (the default, ``ce``, first)."""
+    return list(LOSSES)
+
+
+def get_loss(name: str) -> type[Loss]:
+    """The loss registered as ``name``, or a UserError listing the registered ones."""
+    if name not in LOSSES:
+        raise UserError(f"unknown loss.name {name!r}: choose one of {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def loss_options(config: LossConfig) -> Any:
+    """The options of loss ``config.name`` from ``config.options``: an unknown loss or option key,
+    a wrong type, a value out of range, or class weights for a loss that takes none, is a
+    UserError naming the key. Cheap (reads no data), so tools call it before anything is written."""
+    loss = get_loss(config.name)
+    options = from_dict(loss.Options, config.options, "loss.options")
+    problems = config_problems(options, "loss.options")
+    if problems:
+        raise UserError(f"{'; '.join(problems)} (options of loss {config.name!r})")
+    _check_takes_weights(loss, config.class_weights)
+    return options
+
+
+def _check_takes_weights(loss: type[Loss], class_weights: Any) -> None:
+    """A UserError when class weights are given to a loss that takes none."""
+    if class_weights is not None and not loss.takes_class_weights:
+        raise UserError(f"the {loss.name} loss takes no class weights: set loss.class_weights to null")
+
+
+def loss_defaults(name: str) -> dict[str, Any]:
+    """The default options of loss ``name``, as plain data."""
+    return dataclasses.asdict(get_loss(name).Options())
+
+
 def build_loss(config: LossConfig, num_classes: int, ignore_index: int = IGNORE_INDEX,
                class_weights: Sequence[float] | torch.Tensor | None = None) -> nn.Module:
-    """The loss ``config.name`` for logits ``(N, num_classes, H, W)`` and targets ``(N, H, W)``
-    where ``ignore_index`` marks unlabelled pixels; ``class_weights`` are resolved weights
-    (see :func:`resolve_class_weights`), ``None`` for none.
+    """The loss ``config.name`` with ``config.options`` (see :func:`loss_options`) for logits
+    ``(N, num_classes, H, W)`` and targets ``(N, H, W)`` where ``ignore_index`` marks unlabelled
+    pixels; ``class_weights`` are resolved weights (see :func:`resolve_class_weights`), ``None``
+    for none.
 
     ``ce`` without weights is exactly ``nn.CrossEntropyLoss(ignore_index=ignore_index)``.
     """
-    import segmentation_models_pytorch as smp
-
-    if config.name not in LOSS_NAMES:
-        raise UserError(f"unknown loss.name {config.name!r}: choose one of {', '.join(LOSS_NAMES)}")
+    options = loss_options(config)
+    loss = get_loss(config.name)
     weight = None
+    _check_takes_weights(loss, class_weights)
     if class_weights is not None:
         weight = torch.as_tensor(class_weights, dtype=torch.float32)
         if weight.shape != (num_classes,) or bool((weight < 0).any()) or not bool(weight.sum() > 0):
             raise UserError(f"loss.class_weights must be {num_classes} non-negative numbers (one per class, not all "
                             f"zero), got {list(map(float, weight.flatten()))}")
-    if config.name == "ce":
+    return loss.build(options, ignore_index, weight)
+
+
+def _listed(weight: torch.Tensor | None) -> list[float] | None:
+    """Class weights as the list segmentation_models_pytorch's losses take."""
+    return None if weight is None else weight.tolist()
+
+
+@register_loss("ce")
+class CrossEntropy(Loss):
+    """Cross-entropy, the papers' loss; unweighted it is exactly
+    ``torch.nn.CrossEntropyLoss(ignore_index=255)``."""
+
+    @staticmethod
+    def build(options: NoOptions, ignore_index: int, weight: torch.Tensor | None) -> nn.Module:
+        """``torch.nn.CrossEntropyLoss``."""
         return nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
-    if config.name == "ohem":
-        return OhemCrossEntropy(config.ohem_threshold, config.ohem_min_kept, ignore_index, weight)
-    listed = None if weight is None else weight.tolist()
-    if config.name == "dice":
-        return smp.losses.DiceLoss("multiclass", ignore_index=ignore_index, class_weights=listed)
-    if config.name == "focal":
-        return smp.losses.FocalLoss("multiclass", gamma=config.focal_gamma, ignore_index=ignore_index,
-                                    class_weights=listed)
-    if weight is not None:
-        raise UserError("the lovasz loss takes no class weights: set loss.class_weights to null")
-    return smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index)
+
+
+@dataclasses.dataclass
+class OhemOptions:
+    """``threshold``: a pixel is hard when the probability of its true class is below it;
+    ``min_kept``: at least this many pixels per batch are kept (the hardest)."""
+
+    threshold: float = 0.7
+    min_kept: int = 100_000
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {"threshold": Bounds(0, 1, low_open=True), "min_kept": Bounds(0)}
+
+
+@register_loss("ohem")
+class Ohem(Loss):
+    """Cross-entropy over the hard pixels of each batch (online hard example mining, Shrivastava
+    et al., CVPR 2016, in the pixel form of PSPNet and mmsegmentation)."""
+
+    Options = OhemOptions
+
+    @staticmethod
+    def build(options: OhemOptions, ignore_index: int, weight: torch.Tensor | None) -> nn.Module:
+        """:class:`OhemCrossEntropy`."""
+        return OhemCrossEntropy(options.threshold, options.min_kept, ignore_index, weight)
+
+
+@register_loss("dice")
+class Dice(Loss):
+    """segmentation_models_pytorch's multiclass Dice loss, ignored pixels masked out of both the
+    intersection and the cardinality."""
+
+    @staticmethod
+    def build(options: NoOptions, ignore_index: int, weight: torch.Tensor | None) -> nn.Module:
+        """``smp.losses.DiceLoss``."""
+        import segmentation_models_pytorch as smp
+
+        return smp.losses.DiceLoss("multiclass", ignore_index=ignore_index, class_weights=_listed(weight))
+
+
+@dataclasses.dataclass
+class FocalOptions:
+    """``gamma``: the focusing parameter (0: one-vs-rest binary cross-entropy; Lin et al.: 2)."""
+
+    gamma: float = 2.0
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {"gamma": Bounds(0)}
+
+
+@register_loss("focal")
+class Focal(Loss):
+    """segmentation_models_pytorch's one-vs-rest sigmoid focal loss (Lin et al., ICCV 2017)."""
+
+    Options = FocalOptions
+
+    @staticmethod
+    def build(options: FocalOptions, ignore_index: int, weight: torch.Tensor | None) -> nn.Module:
+        """``smp.losses.FocalLoss``."""
+        import segmentation_models_pytorch as smp
+
+        return smp.losses.FocalLoss("multiclass", gamma=options.gamma, ignore_index=ignore_index,
+                                    class_weights=_listed(weight))
+
+
+@register_loss("lovasz")
+class Lovasz(Loss):
+    """segmentation_models_pytorch's Lovasz-softmax loss (Berman et al., CVPR 2018); takes no
+    class weights."""
+
+    takes_class_weights = False
+
+    @staticmethod
+    def build(options: NoOptions, ignore_index: int, weight: torch.Tensor | None) -> nn.Module:
+        """``smp.losses.LovaszLoss``."""
+        import segmentation_models_pytorch as smp
+
+        return smp.losses.LovaszLoss("multiclass", ignore_index=ignore_index)
 
 
 def median_frequency_weights(dataset: Dataset, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:

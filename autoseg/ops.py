@@ -55,6 +55,11 @@ def _family_ops(family: str) -> dict[str, OpFactory]:
     return {**_OPS.get(BASE_FAMILY, {}), **_OPS.get(family, {})}
 
 
+def list_op_families() -> list[str]:
+    """Names of the op families with ops registered, the base family first."""
+    return sorted(_OPS, key=lambda family: (family != BASE_FAMILY, family))
+
+
 def list_ops(family: str = BASE_FAMILY) -> list[str]:
     """Names of the ops ``family`` can build (the base family's and its own)."""
     return list(_family_ops(family))

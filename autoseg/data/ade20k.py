@@ -96,6 +96,8 @@ class ADE20KDataset(FilePairsDataset):
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
+    search_config = "ade20k"
+    retrain_config = "ade20k"
     palette = generate_palette(len(CLASS_NAMES))
     find_pairs = staticmethod(find_pairs)
 

@@ -74,6 +74,8 @@ class CIFAR10Dataset(datasets.CIFAR10):
     task = "classification"
     eval_split = "test"
     num_classes = len(CLASS_NAMES)
+    search_config = "cifar10"
+    retrain_config = "cifar10_darts"
     class_names = CLASS_NAMES
 
     def __init__(self, root: str | Path | None, split: str, augment: bool = True, cutout: int = 0) -> None:

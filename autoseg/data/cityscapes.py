@@ -156,6 +156,8 @@ class CityscapesDataset(FilePairsDataset):
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
+    search_config = "cityscapes"
+    retrain_config = "cityscapes_autodeeplab"
     palette = PALETTE
     search_crop_size = SEARCH_CROP_SIZE
     retrain_crop_size = RETRAIN_CROP_SIZE

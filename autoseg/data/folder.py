@@ -185,6 +185,9 @@ class FolderDataset(SegmentationDataset):
     picks the augmentation (``search`` by default, ``eval`` when ``augment=False``).
     """
 
+    search_config = "folder"
+    retrain_config = "cityscapes_autodeeplab"
+
     def __init__(
         self,
         root: str | Path | None,

@@ -110,6 +110,8 @@ class ShapesDataset(GeneratedDataset):
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
+    search_config = "shapes"
+    retrain_config = "shapes"
     palette = PALETTE
 
     def render(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

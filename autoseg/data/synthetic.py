@@ -201,6 +201,8 @@ class SyntheticStreetDataset(GeneratedDataset):
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
+    search_config = "synthetic"
+    retrain_config = "synthetic"
     palette = PALETTE
 
     def render(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -127,6 +127,8 @@ class VOCDataset(FilePairsDataset):
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
+    search_config = "voc"
+    retrain_config = "voc"
     palette = PALETTE
     find_pairs = staticmethod(find_pairs)
 

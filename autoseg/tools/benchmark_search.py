@@ -71,12 +71,12 @@ def tool_flags(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """The command lines (less ``--seed``, ``--arch``, ``--out``) every search and every retraining
     runs with; without ``--retrain-config``, the retrain config of the search's dataset."""
     common = _flags(data_root=args.data_root, device=args.device)
-    search = ["--config", str(args.config or default_config("search", None, "synthetic")), *common,
+    search = ["--config", str(args.config or default_config("search", None)), *common,
               *_flags(epochs=args.epochs)]
     retrain_config = args.retrain_config
     if retrain_config is None:
         dataset = search_tool.resolve_config(search_tool.parse_args(search)).data.dataset
-        retrain_config = default_config("retrain", retrain_tool.DEFAULT_CONFIGS.get(dataset), "synthetic")
+        retrain_config = default_config("retrain", dataset)
     return search, ["--config", str(retrain_config), *common, *_flags(epochs=args.retrain_epochs)]
 
 

@@ -9,12 +9,10 @@
         --init-from runs/retrain/<cityscapes run>                          # fine-tune
     autoseg retrain --resume runs/retrain/<run>
 
-The default config follows the dataset: cifar10 -> configs/retrain/cifar10_darts.yaml (the
-DARTS protocol), cityscapes and folder -> configs/retrain/cityscapes_autodeeplab.yaml (the
-Auto-DeepLab protocol), voc and voc_aug -> configs/retrain/voc.yaml, ade20k ->
-configs/retrain/ade20k.yaml, synthetic -> configs/retrain/synthetic.yaml, shapes ->
-configs/retrain/shapes.yaml. The run directory gets checkpoint.pt (last), best.pt (best validation
-metric), config.yaml and TensorBoard logs.
+Without --config, the run starts from the config its dataset declares (listed below: e.g.
+cifar10 -> configs/retrain/cifar10_darts.yaml, the DARTS protocol; cityscapes ->
+configs/retrain/cityscapes_autodeeplab.yaml, the Auto-DeepLab protocol). The run directory gets
+checkpoint.pt (last), best.pt (best validation metric), config.yaml and TensorBoard logs.
 
 --init-from starts from the weights of an earlier retraining (its best.pt, or a .pt file) with the
 same --arch: every tensor of matching name and shape is copied, the others (a classifier for
@@ -30,7 +28,8 @@ from typing import Any
 from torch import nn
 
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
-                         default_config, resumed_config, start_run, stopped_message)
+                         default_config, default_configs_help, resumed_config, start_run,
+                         stopped_message)
 from autoseg.config import RetrainConfig, load_config
 from autoseg.data import dataset_eval_split
 from autoseg.data.check import require_valid_data
@@ -42,6 +41,7 @@ from autoseg.engine.retrain_loop import RetrainRun
 from autoseg.engine.task import Task, build_task
 from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
 from autoseg.errors import UserError
+from autoseg.losses import LOSSES, list_losses, loss_defaults, loss_options
 from autoseg.models import count_parameters
 from autoseg.models.spec import build_model, fixed_filter_multiplier, model_spec, model_task
 from autoseg.process import is_main, world_size
@@ -49,15 +49,20 @@ from autoseg.profiling import profile_model
 
 RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
                  "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr", "init_from": "model.init_from"}
-DEFAULT_CONFIGS = {"cityscapes": "cityscapes_autodeeplab", "folder": "cityscapes_autodeeplab",
-                   "cifar10": "cifar10_darts", "synthetic": "synthetic", "shapes": "shapes", "voc": "voc",
-                   "voc_aug": "voc",
-                   "ade20k": "ade20k"}
+
+
+def losses_help() -> str:
+    """The registered losses (``loss.name``), one line each with its default options."""
+    lines = [f"  {name}: options {loss_defaults(name) or '{}'}"
+             + ("" if LOSSES[name].takes_class_weights else "; takes no class weights") for name in list_losses()]
+    return "losses (loss.name, with loss.options and loss.class_weights):\n" + "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The retrain tool's command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = f"{losses_help()}\n\n{default_configs_help('retrain')}"
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--arch", help="arch.json, genotype.json, a model name (autodeeplab-paper, autodeeplab-s/m/l, "
                                        "DARTS_V2, darts-cifar) or smp:<Arch>:<encoder> (encoder: an smp encoder, "
@@ -72,13 +77,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_config(args: argparse.Namespace) -> RetrainConfig:
     """The saved config when resuming, else the YAML file plus the flags; a named published network
-    (autodeeplab-s/m/l) drops the config's filter multiplier, and refuses --filter-multiplier."""
-    if args.resume is not None:
-        if args.init_from is not None:
-            raise UserError("--init-from starts a new run from another run's weights, --resume continues a run from "
-                            "its own checkpoint: give one of them")
-        return resumed_config(args, RetrainConfig, RETRAIN_FLAGS)
-    cfg = load_config(args.config or default_config("retrain", DEFAULT_CONFIGS.get(args.dataset), "synthetic"),
+    (autodeeplab-s/m/l) drops the config's filter multiplier, and refuses --filter-multiplier. The
+    loss and its options are checked here (:func:`~autoseg.losses.loss_options`), before any data
+    is read or anything is written."""
+    cfg = _resumed_config(args) if args.resume is not None else _new_config(args)
+    loss_options(cfg.loss)
+    return cfg
+
+
+def _resumed_config(args: argparse.Namespace) -> RetrainConfig:
+    """The saved config of the run ``--resume`` continues (see :func:`~autoseg.cli.resumed_config`)."""
+    if args.init_from is not None:
+        raise UserError("--init-from starts a new run from another run's weights, --resume continues a run from "
+                        "its own checkpoint: give one of them")
+    return resumed_config(args, RetrainConfig, RETRAIN_FLAGS)
+
+
+def _new_config(args: argparse.Namespace) -> RetrainConfig:
+    """The YAML file (default: the dataset's) plus the flags."""
+    cfg = load_config(args.config or default_config("retrain", args.dataset),
                       RetrainConfig)
     apply_overrides(cfg, args, RETRAIN_FLAGS)
     fixed = fixed_filter_multiplier(cfg.model.arch)

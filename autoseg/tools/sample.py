@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.num < 1:
         raise UserError(f"-n must be at least 1, got {args.num}")
-    config = load_config(args.config or default_config("search", args.dataset, "synthetic"), SearchConfig)
+    config = load_config(args.config or default_config("search", args.dataset), SearchConfig)
     out = args.out or default_run_dir("sample", config.data.dataset)
     archs = sample_architectures(config, args.num, args.seed)
     files = write_architectures(archs, out)

@@ -16,7 +16,8 @@ import json
 import torch
 
 from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
-                         default_config, resumed_config, start_run, stopped_message)
+                         default_config, default_configs_help, resumed_config, start_run,
+                         stopped_message)
 from autoseg.config import SearchConfig, load_config
 from autoseg.data.check import require_valid_data
 from autoseg.engine import distributed
@@ -44,7 +45,8 @@ def methods_help() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The search tool's command line."""
-    parser = argparse.ArgumentParser(description=__doc__, epilog=methods_help(),
+    epilog = f"{methods_help()}\n\n{default_configs_help('search')}"
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--method", choices=list(SEARCH_METHODS),
@@ -64,7 +66,7 @@ def resolve_config(args: argparse.Namespace) -> SearchConfig:
     """The experiment: the saved config when resuming, else the YAML file plus the flags."""
     if args.resume is not None:
         return resumed_config(args, SearchConfig, SEARCH_FLAGS)
-    cfg = load_config(args.config or default_config("search", args.dataset, "synthetic"), SearchConfig)
+    cfg = load_config(args.config or default_config("search", args.dataset), SearchConfig)
     for dest in ("filter_multiplier", "target_madds"):
         if getattr(args, dest) is not None and cfg.mode != "hierarchical":
             raise UserError(f"--{dest.replace('_', '-')} applies to the hierarchical search only")

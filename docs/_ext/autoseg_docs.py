@@ -6,8 +6,8 @@ At ``builder-inited`` it writes, from the registries and the parsers themselves:
   from the tool's argparse parser, plus ``tools/prose/<tool>.md`` where that file exists;
   ``tools/index.md`` lists the tools;
 - ``_generated/configuration.md``: every config section with each key's type, default and
-  range (:data:`autoseg.config.BOUNDS`), its cross-key rules (:data:`autoseg.config.RELATIONS`)
-  and every registered search method's settings;
+  range (:data:`autoseg.config.BOUNDS`), its cross-key rules (:data:`autoseg.config.RELATIONS`),
+  every registered search method's settings and every registered loss's options;
 - ``_generated/datasets.md``: the registered datasets;
 - ``api/<module>.md``: one autodoc page per module of the package;
 - ``_generated/figures/*.png``: the figures autoseg draws, from a small untrained supernet.
@@ -31,8 +31,8 @@ from typing import Any, Iterator
 import autoseg
 from autoseg import cli, config
 from autoseg.compilation import COMPILE_MODES
-from autoseg.data import list_datasets
-from autoseg.losses import LOSS_NAMES
+from autoseg.data import dataset_default_config, list_datasets
+from autoseg.losses import LOSSES, list_losses
 from autoseg.ops import list_ops
 from autoseg.precision import AUTOCAST_DTYPES
 from autoseg.search.methods import SEARCH_METHODS
@@ -54,7 +54,7 @@ CHOICES: dict[str, Any] = {
     "method": lambda: tuple(SEARCH_METHODS),
     "mode": lambda: tuple(config.SearchConfig.MODEL_TYPES),
     "primitives": list_ops,
-    "name": lambda: LOSS_NAMES,
+    "name": list_losses,
 }
 """Keys whose values are names from a registry or a list of the code, by key name."""
 
@@ -297,24 +297,47 @@ def methods_doc() -> str:
     return "\n".join(parts)
 
 
+def losses_doc() -> str:
+    """Every registered loss with its description, whether it takes class weights, and its
+    ``loss.options`` settings."""
+    parts = ["## Losses: `loss.options`\n",
+             "The settings of the loss that `loss.name` names, in the retrain config's `loss.options:` "
+             "section (empty: the loss's defaults). Registered losses:\n"]
+    for name, loss in LOSSES.items():
+        parts.append(f"### `{name}`\n")
+        parts.append(rst_block(inspect.getdoc(loss) or ""))
+        parts.append("Takes `loss.class_weights`.\n" if loss.takes_class_weights else "Takes no class weights.\n")
+        if dataclasses.fields(loss.Options):
+            parts.append(rst_block(inspect.getdoc(loss.Options) or ""))
+            parts.append(section_table(loss.Options, "loss.options."))
+        else:
+            parts.append("No options.\n")
+    return "\n".join(parts)
+
+
 def configuration_reference() -> str:
     """The generated configuration reference (included by ``configuration.md``)."""
     return "\n".join([experiment_doc(config.SearchConfig, "Search configs (`autoseg search`)"),
                       experiment_doc(config.RetrainConfig, "Retrain configs (`autoseg retrain`)"),
-                      methods_doc()])
+                      methods_doc(), losses_doc()])
 
 
 def datasets_table() -> str:
-    """The registered datasets: name, task, evaluation split and the first line of the class docstring."""
+    """The registered datasets: name, task, evaluation split, the configs a run on it starts from
+    without ``--config`` and the first line of the class docstring."""
     from autoseg.data import _dataset_class  # the registry's lookup, for the classes themselves
+
+    def default(name: str, kind: str) -> str:
+        config_name = dataset_default_config(name, kind)
+        return "" if config_name is None else code(f"configs/{kind}/{config_name}.yaml")
 
     rows = []
     for name in list_datasets():
         cls = _dataset_class(name)
         summary = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
         rows.append([code(name), code(str(getattr(cls, "task", ""))), code(str(getattr(cls, "eval_split", ""))),
-                     escape(summary)])
-    return table(["`--dataset`", "task", "reported on", "what it is"], rows)
+                     default(name, "search"), default(name, "retrain"), escape(summary)])
+    return table(["`--dataset`", "task", "reported on", "search config", "retrain config", "what it is"], rows)
 
 
 # -- API -------------------------------------------------------------------------------------
