@@ -110,6 +110,8 @@ class DartsSearchNetwork(SearchNetwork):
         s0 = s1 = self.stem(x)
         normal = self.choice_weights("normal", self.relaxation.weights(self.alphas_normal, self.training))
         reduce = self.choice_weights("reduce", self.relaxation.weights(self.alphas_reduce, self.training))
+        self.route_choices("normal", normal)
+        self.route_choices("reduce", reduce)
         edges_normal = edges_reduce = None
         if self.guards.settings.edge_normalization:
             edges_normal = edge_normalization_weights(self.edge_betas_normal, self.num_blocks)
@@ -117,6 +119,10 @@ class DartsSearchNetwork(SearchNetwork):
         for cell in self.cells:
             s0, s1 = s1, (cell(s0, s1, reduce, edges_reduce) if cell.reduction else cell(s0, s1, normal, edges_normal))
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def choice_cells(self, name: str) -> list[MixedCell]:
+        """The DAGs of the normal or of the reduction cells."""
+        return [cell.dag for cell in self.cells if cell.reduction == (name == "reduce")]
 
     def cell_logits(self) -> dict[str, torch.Tensor]:
         """alpha of the normal and of the reduction cell."""

@@ -63,17 +63,23 @@ class MixedEdges(RecomputableModule):
         self.auxiliary = (build_wide_op("skip_connect", channels, num_edges, stride)
                           if guards is not None and guards.settings.auxiliary_skip > 0 else None)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor | None = None,
+                chosen: torch.Tensor | None = None) -> torch.Tensor:
+        """``chosen``: None (every op), or a boolean CPU ``(num_edges, num_ops)`` mask of the ops the
+        rows of one-hot ``weights`` choose; then only the ops some edge chooses are run (see
+        :meth:`single_path_sum`)."""
         k = self.partial_channels
         inputs = EdgeInput(x[:, :x.shape[1] // k] if k > 1 else x, self.recompute_activations)
         dropout = self.guards.current_skip_dropout if self.guards is not None and self.training else 0.0
+        slots = range(len(self.ops)) if chosen is None else self.chosen_slots(chosen)
         terms = []
-        for slot, op in enumerate(self.ops):
-            y = op(inputs)
+        for slot in slots:
+            y = self.ops[slot](inputs)
             if slot == self.dropout_op and dropout > 0:  # an independent mask per edge
                 y = varying_dropout(y.expand(-1, weights.shape[0], -1, -1, -1), dropout)
             terms.append(y)
-        out = weighted_sum(weights[:, self.columns], terms)
+        out = (weighted_sum(weights[:, self.columns], terms) if chosen is None
+               else self.single_path_sum(weights, chosen, slots, terms))
         if k > 1:
             rest = x[:, x.shape[1] // k:]
             if self.bypass_pool is not None:
@@ -84,6 +90,26 @@ class MixedEdges(RecomputableModule):
             out = out * edge_weights.to(out.dtype).view(1, -1, 1, 1, 1)
         if self.auxiliary is not None and self.guards.current_auxiliary_skip > 0:
             out = out + self.guards.current_auxiliary_skip * self.auxiliary(inputs if k == 1 else EdgeInput(x))
+        return out
+
+    def chosen_slots(self, chosen: torch.Tensor) -> list[int]:
+        """The slots of :attr:`ops` that some edge chooses in the mask ``chosen``; the first slot when
+        every edge chooses ``none`` (its term then gets weight 0, giving the output its shape)."""
+        slots = [slot for slot, column in enumerate(self.active) if bool(chosen[:, column].any())]
+        return slots or [0]
+
+    def single_path_sum(self, weights: torch.Tensor, chosen: torch.Tensor, slots: Sequence[int],
+                        terms: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The single-path sum of GDAS's code (Dong & Yang, CVPR 2019) over the ``terms`` of ``slots``:
+        edge ``e`` outputs ``w[e, o] * op_o(x)`` for its chosen op ``o`` only, plus ``w[e, o']`` for
+        every op ``o'`` it does not choose (``none`` included): a scalar, 0 in value for a hard sample,
+        that passes the sum of the edge's output gradient to ``w[e, o']``. The chosen op's weight gets
+        the gradient of its output, the others the coarse one, whichever ops the fan-out runs."""
+        mask = chosen.to(device=weights.device, dtype=weights.dtype)
+        columns = [self.active[slot] for slot in slots]
+        out = weighted_sum((weights * mask)[:, columns], terms)
+        if weights.requires_grad:
+            out = out + (weights * (1 - mask)).sum(1).to(out.dtype).view(1, -1, *[1] * (out.dim() - 2))
         return out
 
 
@@ -101,6 +127,10 @@ class MixedCell(nn.Module):
 
     ``guards`` (:class:`~autoseg.search.collapse_guards.CollapseGuards`, default none) switches
     on the collapse guards of every edge (see :class:`MixedEdges`).
+
+    :attr:`chosen` (None by default: every op of every edge is run) is set by a single-path
+    supernet before each forward pass (:meth:`~autoseg.search.network.SearchNetwork.route_choices`):
+    the boolean CPU ``(num_edges, num_ops)`` mask of the ops its one-hot weights choose.
     """
 
     def __init__(self, channels: int, num_blocks: int, multiplier: int, primitives: Sequence[str],
@@ -120,6 +150,8 @@ class MixedCell(nn.Module):
         rows = [num_edges(block) + state for state, blocks in enumerate(self.targets) for block in blocks]
         assert sorted(rows) == list(range(num_edges(num_blocks)))
         self.register_buffer("rows", torch.tensor(rows), persistent=False)
+        self.row_order = rows
+        self.chosen: torch.Tensor | None = None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,9 +161,10 @@ class MixedCell(nn.Module):
         sizes = [len(targets) for targets in self.targets]
         fan_out_weights = weights[self.rows].split(sizes)
         fan_out_edges = edge_weights[self.rows].split(sizes) if edge_weights is not None else [None] * len(sizes)
-        for state, (fan_out, targets, rows, edges) in enumerate(zip(self.fan_outs, self.targets, fan_out_weights,
-                                                                     fan_out_edges)):
-            out = fan_out(states[state], rows, edges).unbind(1)  # one view per edge, one gradient op in backward
+        fan_out_chosen = self.chosen[self.row_order].split(sizes) if self.chosen is not None else [None] * len(sizes)
+        for state, (fan_out, targets, rows, edges, chosen) in enumerate(zip(
+                self.fan_outs, self.targets, fan_out_weights, fan_out_edges, fan_out_chosen)):
+            out = fan_out(states[state], rows, edges, chosen).unbind(1)  # one view per edge, one gradient op backward
             for slot, block in enumerate(targets):
                 blocks[block] = out[slot] if blocks[block] is None else blocks[block] + out[slot]
             if state >= 1:

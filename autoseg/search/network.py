@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from autoseg.architecture import Architecture
+from autoseg.search.mixed_op import MixedCell
 from autoseg.search.relaxation import SOFTMAX, Relaxation
 from autoseg.search.stage_recomputation import set_recomputation
 
@@ -43,6 +44,10 @@ class SearchNetwork(nn.Module, abc.ABC):
 
     relaxation: Relaxation = SOFTMAX
     """How the architecture parameters weight the choices (set by the search method)."""
+
+    single_path: bool = False
+    """Run only the ops the one-hot choice weights choose (set by the search method; see
+    :meth:`route_choices`); False: every op of every edge, weighted."""
 
     _fixed: dict[str, FixedChoice] = {}
 
@@ -94,6 +99,19 @@ class SearchNetwork(nn.Module, abc.ABC):
         values, rows = fixed
         values = values.to(device=weights.device, dtype=weights.dtype)
         return values if rows is None else torch.where(rows.to(weights.device).unsqueeze(-1), values, weights)
+
+    @abc.abstractmethod
+    def choice_cells(self, name: str) -> list[MixedCell]:
+        """The mixed cells whose edges the rows of cell choice ``name`` weight."""
+
+    def route_choices(self, name: str, weights: torch.Tensor) -> None:
+        """Tell the mixed cells of choice ``name`` which ops the rows of ``weights`` (the forward
+        pass's) choose, where :attr:`single_path` is on: the ops of nonzero weight (one per row for a
+        hard sample or a pinned architecture), the others are not run; off, every op runs. One
+        copy of the mask to the host per forward pass."""
+        chosen = (weights.detach() != 0).cpu() if self.single_path else None
+        for cell in self.choice_cells(name):
+            cell.chosen = chosen
 
     def pin_choices(self, fixed: dict[str, FixedChoice]) -> None:
         """From now on, weight choice ``name`` by ``fixed[name]`` (see :meth:`fixed_choices`);

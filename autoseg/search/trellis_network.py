@@ -225,6 +225,7 @@ class TrellisSearchNetwork(SearchNetwork):
     @deferred_running_statistics()  # the batch norms' running statistics updated in a few calls at the end
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cell_weights = self.choice_weights("cell", self.relaxation.weights(self.alphas, self.training))
+        self.route_choices("cell", cell_weights)
         edge_weights = (edge_normalization_weights(self.edge_betas, self.num_blocks)
                         if self.guards.settings.edge_normalization else None)
         probs = self.transition_weights()
@@ -254,6 +255,10 @@ class TrellisSearchNetwork(SearchNetwork):
                                 mode="bilinear", align_corners=False)
             logits = out if logits is None else logits + out
         return logits
+
+    def choice_cells(self, name: str) -> list[MixedCell]:
+        """Every node's cell (they share alpha); the transitions weight no cell."""
+        return [node.cell for node in self.nodes.values()] if name == "cell" else []
 
     def sample_architecture(self, rng: np.random.Generator) -> NetworkArch:
         """A random cell and a uniform path (:func:`autoseg.sampling.sample_network_arch`)."""

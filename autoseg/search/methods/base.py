@@ -89,6 +89,14 @@ class SearchMethod(abc.ABC):
         self.network = network
         self.schedule = schedule
         network.relaxation = self.relaxation
+        network.single_path = self.single_path
+
+    @property
+    def single_path(self) -> bool:
+        """Whether the supernet runs only the ops its one-hot choice weights choose
+        (:attr:`~autoseg.search.network.SearchNetwork.single_path`): a method's ``single_path``
+        setting where it has one, else False."""
+        return bool(getattr(self.settings, "single_path", False))
 
     def check(self) -> str | None:
         """What is wrong with the settings for this search (its schedule, its supernet), or None;

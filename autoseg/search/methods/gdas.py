@@ -5,11 +5,15 @@ at temperature tau (straight-through: one-hot in the forward pass, the softmax's
 backward pass); tau decays linearly from ``tau_max`` to ``tau_min`` over the search (the paper:
 10 to 0.1). Updates are first order, decoding by magnitude as in DARTS.
 
-In autoseg the sampled one-hot weights go through the same mixed ops as DARTS's, so every
-candidate op is still computed and each gets the straight-through gradient of its own output
-(the estimator of Jang et al., "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017);
-GDAS's own code computes the sampled op only, which is cheaper and gives the other ops a
-coarser gradient. In eval mode the supernet uses the most probable choice of every row.
+``single_path`` (on by default, as GDAS's code computes it): every edge runs its sampled op only
+(a wide op runs once for all the edges of a fan-out that sample it), and the weight of an op it
+did not sample gets the sum of the edge's output gradient, the coarse gradient of GDAS's code
+(:meth:`autoseg.search.mixed_op.MixedEdges.single_path_sum`); the ops no edge samples are not run
+and their parameters get no gradient in that step. Off, every candidate op is computed and each
+gets the straight-through gradient of its own output (the estimator of Jang et al.,
+"Categorical Reparameterization with Gumbel-Softmax", ICLR 2017), at DARTS's cost. The trellis's
+transitions are sampled too, but every cell of the trellis is still run (single path is per op,
+not per cell). In eval mode the supernet uses the most probable choice of every row.
 """
 from __future__ import annotations
 
@@ -45,10 +49,13 @@ class GumbelRelaxation(Relaxation):
 @dataclass
 class GdasSettings:
     """``tau_max`` and ``tau_min``: the Gumbel-softmax temperature of the first and of the last
-    epoch, decayed linearly in between (GDAS: 10 and 0.1)."""
+    epoch, decayed linearly in between (GDAS: 10 and 0.1); ``single_path``: run the sampled op of
+    every edge only, with the coarse gradient of GDAS's code for the others (see the module
+    docstring)."""
 
     tau_max: float = 10.0
     tau_min: float = 0.1
+    single_path: bool = True
 
     BOUNDS: ClassVar[dict[str, Bounds]] = {"tau_max": Bounds(0, low_open=True), "tau_min": Bounds(0, low_open=True)}
 

@@ -35,10 +35,14 @@ SELECTION_STREAM = 1
 class RandomWeightSharingSettings:
     """``candidates``: architectures scored with the shared weights when selecting;
     ``eval_batches``: batches of half B each is scored on (null: all of half B). Both defaults
-    are autoseg's, sized for short searches, not taken from the paper."""
+    are autoseg's, sized for short searches, not taken from the paper. ``single_path``: run only
+    the ops of the drawn architecture (same outputs; the parameters of the ops it leaves out get
+    no gradient, so weight decay and momentum do not move them in that step, where off they get a
+    zero gradient that SGD still applies them to); off by default, so that earlier searches repeat."""
 
     candidates: int = 100
     eval_batches: int | None = 10
+    single_path: bool = False
 
     BOUNDS: ClassVar[dict[str, Bounds]] = {"candidates": Bounds(1), "eval_batches": Bounds(1)}
 
