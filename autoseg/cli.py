@@ -2,7 +2,7 @@
 
 ``autoseg <tool> [args]`` runs :mod:`autoseg.tools.<tool>` (``python tools/<tool>.py`` in a
 checkout is the same). Every training tool takes ``--config FILE`` and the common knobs as
-flags overriding the file. Bad input (:class:`~autoseg.errors.UserError`) ends the tool with a
+flags overriding the file. Bad input (:class:`~autoseg.utils.errors.UserError`) ends the tool with a
 one-line ``error: ...`` on stderr and exit status 2 (``AUTOSEG_TRACEBACK=1`` shows its traceback
 instead, for bug reports).
 """
@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from autoseg.compilation import COMPILE_MODES
+from autoseg.utils.compilation import COMPILE_MODES
 from autoseg.config import DataConfig, load_config, override, save_config, validate_config
 from autoseg.data import dataset_default_config, list_datasets
 from autoseg.engine import distributed
 from autoseg.engine.checkpoint import check_run_dir
 from autoseg.engine.run_lock import RunLock, claim_new_run_dir
-from autoseg.errors import UserError, one_line
-from autoseg.precision import AUTOCAST_DTYPES
-from autoseg.process import is_main
+from autoseg.utils.errors import UserError, one_line
+from autoseg.utils.precision import AUTOCAST_DTYPES
+from autoseg.utils.process import is_main
 
 T = TypeVar("T")
 

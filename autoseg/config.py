@@ -1,6 +1,6 @@
 """Typed experiment configuration, loaded from one YAML file per experiment.
 
-Unknown keys and values of the wrong type are errors (:class:`~autoseg.errors.UserError`),
+Unknown keys and values of the wrong type are errors (:class:`~autoseg.utils.errors.UserError`),
 never silently ignored. Tools apply command-line overrides on top and save the resolved
 configuration in the run directory.
 """
@@ -15,10 +15,10 @@ from typing import Any, Callable, ClassVar, TypeVar
 
 import yaml
 
-from autoseg.compilation import compile_mode
-from autoseg.errors import UserError
-from autoseg.ops import PRIMITIVES, check_primitives
-from autoseg.precision import AUTOCAST_DTYPES
+from autoseg.utils.compilation import compile_mode
+from autoseg.utils.errors import UserError
+from autoseg.layers.ops import PRIMITIVES, check_primitives
+from autoseg.utils.precision import AUTOCAST_DTYPES
 
 T = TypeVar("T")
 
@@ -115,12 +115,12 @@ class TrainConfig:
     """The loop: length, bilevel schedule, device and reproducibility.
 
     ``amp``: mixed precision, off (null, the papers' float32), ``bf16`` or ``fp16`` (with gradient
-    scaling; see :mod:`autoseg.precision`). ``nan_policy``: what a step whose loss or gradient is
+    scaling; see :mod:`autoseg.utils.precision`). ``nan_policy``: what a step whose loss or gradient is
     not finite does, ``stop`` the run or ``skip`` the batch's update (see
     :mod:`autoseg.engine.step_guard`). ``checkpoint_every_steps``: also write the checkpoint every
     that many optimiser steps within an epoch (null: only at the end of an epoch). ``compile``:
     ``torch.compile`` the training forward and backward passes: false (eager), true or a mode of
-    :data:`autoseg.compilation.COMPILE_MODES` (see :mod:`autoseg.compilation`). ``method``: the
+    :data:`autoseg.utils.compilation.COMPILE_MODES` (see :mod:`autoseg.utils.compilation`). ``method``: the
     search method (:mod:`autoseg.search.methods`; ``darts``, the papers', by default), whose own
     settings are the config's ``method_options``.
     """
@@ -145,7 +145,7 @@ class CostConfig:
     With a target, the architecture loss gets ``weight * max(0, log(E / target_madds))``, the
     hard constraint of MnasNet (Tan et al., CVPR 2019, section 3) in loss form, where E is the
     expected Multi-Adds of the network the search would decode, a differentiable function of
-    alpha and beta (:mod:`autoseg.expected_cost`). The Multi-Adds are those of the decoded
+    alpha and beta (:mod:`autoseg.analysis.expected_cost`). The Multi-Adds are those of the decoded
     network (stem, cells along the path, DeepLabv3+ head) with ``filter_multiplier`` (default:
     the search's F) at ``input_size`` (``[H, W]``; default: the search crop), so a target can be
     given in the currency of the network that will be retrained.
@@ -300,7 +300,7 @@ _SEED = Bounds(0, 2**32 - 1)  # what numpy.random.seed accepts
 class CollapseGuardSettings:
     """The guards against the search collapsing into ``skip_connect``
     (:mod:`autoseg.search.collapse_guards`) of one supernet, checked against their :attr:`BOUNDS`
-    when the value is made (a :class:`~autoseg.errors.UserError` naming each bad one); all off by
+    when the value is made (a :class:`~autoseg.utils.errors.UserError` naming each bad one); all off by
     default, i.e. the papers' search. A search config writes them flat in its ``model:`` section
     (:class:`CollapseGuardsConfig`).
 
@@ -446,7 +446,7 @@ def _known_nan_policy(train: TrainConfig | RetrainTrainConfig, at: str) -> str |
 
 
 def _known_amp(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
-    """``train.amp`` is null (off) or a dtype of :data:`autoseg.precision.AUTOCAST_DTYPES`."""
+    """``train.amp`` is null (off) or a dtype of :data:`autoseg.utils.precision.AUTOCAST_DTYPES`."""
     if train.amp is not None and train.amp not in AUTOCAST_DTYPES:
         return f"{at}amp must be one of {', '.join(AUTOCAST_DTYPES)} or null (off), got {train.amp!r}"
     return None
@@ -460,7 +460,7 @@ def _cost_for_the_trellis(search: SearchConfig, at: str) -> str | None:
 
 
 def _known_compile_mode(train: TrainConfig | RetrainTrainConfig, at: str) -> str | None:
-    """``train.compile`` is false, true or a mode of :data:`autoseg.compilation.COMPILE_MODES`."""
+    """``train.compile`` is false, true or a mode of :data:`autoseg.utils.compilation.COMPILE_MODES`."""
     try:
         compile_mode(train.compile)
     except UserError as exc:

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from autoseg.config import Bounds, LossConfig, config_problems, from_dict
 from autoseg.data.transforms import IGNORE_INDEX
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 MEDIAN_FREQUENCY = "median_frequency"
 CLASS_WEIGHTS_FILE = "class_weights.json"

@@ -12,11 +12,11 @@ import torch
 from conftest import load_tool, write_tiny_cifar_search_config, write_tiny_search_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from autoseg.architecture import read_architecture
+from autoseg.space.architecture import read_architecture
 from autoseg.engine.checkpoint import load_checkpoint
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.search.arch_history import evolution_series
-from autoseg.visualize import evolution_figure
+from autoseg.analysis.visualize import evolution_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -6,7 +6,7 @@ import torch
 
 from autoseg.config import DartsSearchModelConfig, TrellisModelConfig
 from autoseg.models.spec import build_model, model_spec
-from autoseg.profiling import saved_activation_bytes
+from autoseg.analysis.profiling import saved_activation_bytes
 from autoseg.search.methods import SearchSchedule, build_method, list_methods
 from autoseg.search.trellis_network import TrellisSearchNetwork
 from autoseg.tools.benchmark import paper_search_hours

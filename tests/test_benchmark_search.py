@@ -8,9 +8,9 @@ from conftest import write_config
 
 from autoseg.config import SearchConfig, load_config
 from autoseg.engine.checkpoint import load_checkpoint
-from autoseg.errors import UserError
-from autoseg.sampling import sample_architectures
-from autoseg.search_quality import compare_groups, group_statistics, results_markdown
+from autoseg.utils.errors import UserError
+from autoseg.space.sampling import sample_architectures
+from autoseg.analysis.search_quality import compare_groups, group_statistics, results_markdown
 
 
 def test_group_statistics_use_the_sample_standard_deviation():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from autoseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 
 class MakesADirectory:

@@ -14,9 +14,9 @@ from autoseg.config import (BOUNDS, CollapseGuardsConfig, CollapseGuardSettings,
                             validate_config)
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.search_setup import build_search_network
-from autoseg.errors import UserError
-from autoseg.genotype import num_edges
-from autoseg.ops import PRIMITIVES
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import num_edges
+from autoseg.layers.ops import PRIMITIVES
 from autoseg.search.arch_decoding import decode_darts, decode_hierarchical
 from autoseg.search.architect import Architect
 from autoseg.search.collapse_guards import CollapseGuards, channel_shuffle, edge_normalization_weights
@@ -25,7 +25,7 @@ from autoseg.search.mixed_op import MixedCell, MixedEdges
 from autoseg.search.trellis_network import TrellisSearchNetwork
 from autoseg.search.weighted_sum import weighted_sum
 from autoseg.search.wide_ops import EdgeInput
-from autoseg.trellis import transition_probabilities
+from autoseg.space.trellis import transition_probabilities
 
 ALL_ON = {"partial_channels": 2, "edge_normalization": True, "auxiliary_skip": 1.0, "skip_dropout": 0.3,
           "max_skip_connect": 1}

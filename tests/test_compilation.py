@@ -18,11 +18,11 @@ import torch._dynamo
 from conftest import write_config, write_tiny_retrain_config
 from torch._dynamo.utils import counters
 
-from autoseg.compilation import check_compile, compiled
+from autoseg.utils.compilation import check_compile, compiled
 from autoseg.config import RetrainConfig, SearchConfig, TrellisModelConfig, load_config
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.search_setup import build_search_network
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.models.spec import build_model, model_spec
 from autoseg.search.network import SearchNetwork
 

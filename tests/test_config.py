@@ -12,7 +12,7 @@ from conftest import ROOT, load_tool
 from autoseg.config import (BOUNDS, DartsSearchModelConfig, RetrainConfig, SearchConfig, TrellisModelConfig,
                             config_problems, load_config, override, validate_config)
 from autoseg.cli import run_tool
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 
 def hierarchical() -> SearchConfig:

@@ -79,7 +79,7 @@ def test_a_recomputed_stage_on_the_gpu_equals_the_plain_stage_bit_for_bit(kernel
 
 @pytest.mark.parametrize("mode", [True, "reduce-overhead"])
 def test_a_compiled_step_with_triton_stays_within_its_tolerance_of_eager(mode):
-    from autoseg.compilation import check_compile
+    from autoseg.utils.compilation import check_compile
     check_compile(mode, CUDA)  # Triton is there
     check = step_exactness.compiled_against_eager(CUDA, mode)
     assert check["passed"], check

@@ -14,7 +14,7 @@ from autoseg.data import build_dataset, dataset_num_classes, list_datasets, spli
 from autoseg.data.cifar10 import CIFAR_MEAN, CIFAR_STD, Cutout
 from autoseg.data.check import check_split
 from autoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, search_transform
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 # Label id -> train id, restated from docs/DESIGN.md §5 (independent of the library's table).
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,

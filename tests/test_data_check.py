@@ -14,7 +14,7 @@ from autoseg.cli import run_tool
 from autoseg.data import build_dataset, check, dataset_task, list_datasets
 from autoseg.data.check import CACHE_NAME, LAYOUTS, WITHOUT_FILES, cache_file, check_dataset, check_split
 from autoseg.data.folder import read_image
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 SIZES = ((20, 30), (32, 24), (16, 16), (18, 22), (24, 20), (16, 24))  # train_000 .. train_005; odd ones are JPEGs
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.epoch_data import epoch_batches, epoch_order
-from autoseg.process import average_
+from autoseg.utils.process import average_
 from autoseg.search.architect import Architect
 
 PROCESSES = 2
@@ -139,7 +139,7 @@ def test_a_two_process_search_stopped_mid_epoch_resumes_to_the_uninterrupted_run
 
 
 def test_a_run_resumes_with_the_number_of_processes_it_started_with(distributed_search, tool):
-    from autoseg.errors import UserError
+    from autoseg.utils.errors import UserError
     tmp, _, _ = distributed_search
     with pytest.raises(UserError, match="2 process"):
         tool("search")(["--resume", str(tmp / "run"), "--max-steps", "9"])
@@ -177,7 +177,7 @@ def test_a_one_process_torchrun_launch_joins_a_process_group(monkeypatch):
     # torchrun --nproc_per_node 1 sets WORLD_SIZE=1: the run still goes through the process group (NCCL on a
     # GPU, which is how one GPU exercises it), where a plain start stays a single process without one
     from autoseg.engine import distributed
-    from autoseg.process import is_distributed
+    from autoseg.utils.process import is_distributed
     assert distributed.setup("cpu") == torch.device("cpu") and not is_distributed()
     for name, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": "29517"}.items():

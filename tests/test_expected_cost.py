@@ -11,22 +11,22 @@ from conftest import ROOT, assert_same, write_tiny_search_config
 from fakes import write_retrain_checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
-from autoseg.architecture import NetworkArch
+from autoseg.space.architecture import NetworkArch
 from autoseg.config import CostConfig, SearchConfig, TrellisModelConfig, config_problems, load_config
 from autoseg.data.synthetic import CLASS_NAMES, PALETTE
 from autoseg.engine.checkpoint import load_checkpoint, seed_everything
 from autoseg.engine.search_setup import build_search_network
-from autoseg.errors import UserError
-from autoseg.expected_cost import CostPenalty, TrellisCost, build_trellis_cost
-from autoseg.genotype import GENOTYPES, CellGenotype, num_edges
+from autoseg.utils.errors import UserError
+from autoseg.analysis.expected_cost import CostPenalty, TrellisCost, build_trellis_cost
+from autoseg.space.genotype import GENOTYPES, CellGenotype, num_edges
 from autoseg.models.autodeeplab import AutoDeepLab, autodeeplab_from_arch
 from autoseg.models.spec import build_model, model_spec
-from autoseg.profiling import profile_model
+from autoseg.analysis.profiling import profile_model
 from autoseg.search.arch_decoding import decode_hierarchical
 from autoseg.search.architect import Architect
 from autoseg.search.trellis_network import TrellisSearchNetwork
 from autoseg.tools.decode import evaluation_network_cost
-from autoseg.trellis import transition_probabilities
+from autoseg.space.trellis import transition_probabilities
 
 PRIMITIVES = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_5x5")
 LAYERS, LEVELS, BLOCKS, F_MULT, CLASSES, SIZE = 4, 3, 3, 4, 5, (17, 23)

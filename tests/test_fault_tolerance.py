@@ -28,7 +28,7 @@ import pytest
 import torch
 from conftest import assert_same, load_tool, write_tiny_retrain_config, write_tiny_search_config
 
-import autoseg.files
+import autoseg.utils.files
 from autoseg.cli import run_tool
 from autoseg.engine.checkpoint import load_checkpoint
 
@@ -211,14 +211,14 @@ def test_a_read_only_run_directory_keeps_the_previous_checkpoint_and_says_so(tmp
     load_tool("retrain").main(["--config", str(config), "--out", str(run), "--max-steps", "2"])
     before = (run / "checkpoint.pt").read_bytes()
     if os.geteuid() == 0:  # root writes into read-only directories: refuse as the kernel would for a user
-        mkstemp = autoseg.files.tempfile.mkstemp
+        mkstemp = autoseg.utils.files.tempfile.mkstemp
 
         def refuse_in_read_only(*args, dir=None, **kwargs):
             if dir is not None and not os.stat(dir).st_mode & 0o200:
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
             return mkstemp(*args, dir=dir, **kwargs)
 
-        monkeypatch.setattr(autoseg.files.tempfile, "mkstemp", refuse_in_read_only)
+        monkeypatch.setattr(autoseg.utils.files.tempfile, "mkstemp", refuse_in_read_only)
     run.chmod(0o555)
     try:
         error = _retrain_error(["--resume", str(run)], capsys)

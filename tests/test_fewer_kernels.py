@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from test_collapse_guards import plain_mixed_cell
 
-from autoseg.profiling import kernel_ops
+from autoseg.analysis.profiling import kernel_ops
 from autoseg.search import stage_recomputation, wide_ops
 from autoseg.search.grouped_batchnorm import GroupedBatchNorm2d, batch_groups, deferred_running_statistics
 from autoseg.search.mixed_op import MixedCell, MixedEdges

@@ -10,7 +10,7 @@ from fakes import write_fake_folder, write_retrain_checkpoint
 from autoseg.engine.checkpoint import load_checkpoint, seed_everything
 from autoseg.engine.fine_tune import init_from_checkpoint
 from autoseg.engine.retrain_loop import RetrainRun
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.models.spec import build_model, model_spec
 
 SOURCE_CLASSES, TARGET_CLASSES = 6, 3

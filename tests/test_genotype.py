@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from autoseg import GENOTYPES, Genotype, topk_cell
-from autoseg.genotype import AUTODEEPLAB_CELL, CellGenotype
+from autoseg.space.genotype import AUTODEEPLAB_CELL, CellGenotype
 
 OPS = ["none", "max_pool_3x3", "sep_conv_3x3", "skip_connect"]
 

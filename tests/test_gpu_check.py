@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.tools import gpu_check
 from autoseg.tools.gpu_check import (REPORT_FIELDS, SECTION_FIELDS, TOTAL_BUDGET_S, check_report, goals, plan,
                                      section_record, select)

@@ -9,11 +9,11 @@ import pytest
 from conftest import TINY_TRELLIS, write_config
 
 from autoseg.config import SearchConfig, load_config
-from autoseg.errors import UserError
-from autoseg.ground_truth import (CSV_COLUMNS, list_tables, load_table, repeated_pairs, rows_of_seed, score_against,
-                                  summary)
-from autoseg.sampling import sample_architectures
-from autoseg.search_quality import (cost_matched_percentile, expected_best_of_k, kendall_tau_b, percentile,
+from autoseg.utils.errors import UserError
+from autoseg.analysis.ground_truth import (CSV_COLUMNS, list_tables, load_table, repeated_pairs, rows_of_seed,
+                                           score_against, summary)
+from autoseg.space.sampling import sample_architectures
+from autoseg.analysis.search_quality import (cost_matched_percentile, expected_best_of_k, kendall_tau_b, percentile,
                                     protocol_noise, regret)
 
 

@@ -1,4 +1,4 @@
-"""autoseg.inference: multi-scale, flipped and sliding-window inference against plain forward passes
+"""autoseg.evaluation.test_time: multi-scale, flipped and sliding-window inference against plain forward passes
 and independent computations."""
 import math
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.errors import UserError
-from autoseg.inference import DEEPLAB_SCALES, InferenceProtocol, predict_logits, tile_starts
+from autoseg.utils.errors import UserError
+from autoseg.evaluation.test_time import DEEPLAB_SCALES, InferenceProtocol, predict_logits, tile_starts
 from autoseg.models import autodeeplab_from_arch
 
 TINY_ARCH = {"path": [0, 1, 2, 1],

@@ -20,8 +20,8 @@ from autoseg.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 from autoseg.data.cityscapes import PALETTE as CITYSCAPES_PALETTE
 from autoseg.data.synthetic import CLASS_NAMES, PALETTE, render_scene
 from autoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from autoseg.errors import UserError
-from autoseg.inference import predict_logits
+from autoseg.utils.errors import UserError
+from autoseg.evaluation.test_time import predict_logits
 
 NEVER_PREDICTED = CLASS_NAMES.index("person")
 TINY_ARCH = {"path": [0, 1, 2, 1],  # down twice, then up: every kind of step of the paper's path

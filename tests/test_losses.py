@@ -11,7 +11,7 @@ from torch import nn
 
 from autoseg import losses
 from autoseg.config import LossConfig, RetrainConfig, from_dict, load_config
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.losses import OhemCrossEntropy, build_loss, resolve_class_weights, training_criterion
 
 CLASSES = 4

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from autoseg.metrics import (
+from autoseg.evaluation.metrics import (
     ConfusionMeter,
     confusion_matrix,
     iou_per_class,

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from autoseg.errors import UserError
-from autoseg.genotype import AUTODEEPLAB_CELL, CellGenotype, get_genotype
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import AUTODEEPLAB_CELL, CellGenotype, get_genotype
 from autoseg.models import (AutoDeepLab, DartsCifarNetwork, autodeeplab_from_arch, count_parameters, create_model,
                             list_models, register_model)
 from autoseg.models.autodeeplab import BN_EPS, BN_MOMENTUM
 from autoseg.models.deeplab_head import aspp_rates
 from autoseg.models.fixed_cell import drop_path
-from autoseg.ops import PRIMITIVES, build_op
+from autoseg.layers.ops import PRIMITIVES, build_op
 
 DARTS_V2_PARAMS = 3_349_342
 """Reference NetworkCIFAR(36, 10, 20, auxiliary, DARTS_V2) without auxiliary head ("3.35 MB")."""

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from autoseg.config import CollapseGuardSettings, SearchConfig, TrellisModelConfig, validate_config
-from autoseg.errors import UserError
-from autoseg.profiling import saved_activation_bytes
+from autoseg.utils.errors import UserError
+from autoseg.analysis.profiling import saved_activation_bytes
 from autoseg.search.architect import Architect
 from autoseg.search.trellis_network import TrellisSearchNetwork
 

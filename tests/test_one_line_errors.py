@@ -9,7 +9,7 @@ import pytest
 from conftest import load_tool, write_tiny_retrain_config, write_tiny_search_config
 
 from autoseg.cli import run_tool
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 
 def _one_line_error(tool: str, argv: list[str], capsys) -> str:

@@ -7,8 +7,8 @@ import torch
 
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.one_shot import one_shot_scores
-from autoseg.errors import UserError
-from autoseg.sampling import sample_network_arch
+from autoseg.utils.errors import UserError
+from autoseg.space.sampling import sample_network_arch
 
 
 def test_one_shot_scores_depend_on_the_architecture_and_the_weights_only(tool, tiny_synthetic_config, tmp_path):

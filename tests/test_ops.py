@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from autoseg.genotype import num_edges
-from autoseg import ops as op_registry
-from autoseg.genotype import Genotype
+from autoseg.space.genotype import num_edges
+from autoseg.layers import ops as op_registry
+from autoseg.space.genotype import Genotype
 from autoseg.models import create_model
-from autoseg.ops import PRIMITIVES, build_op, list_op_families, list_ops, register_op
+from autoseg.layers.ops import PRIMITIVES, build_op, list_op_families, list_ops, register_op
 from autoseg.search.trellis_network import TrellisSearchNetwork
-from autoseg.profiling import saved_activation_bytes
+from autoseg.analysis.profiling import saved_activation_bytes
 from autoseg.search import wide_ops
 from autoseg.search.mixed_op import MixedCell, MixedEdges
 

@@ -12,8 +12,8 @@ from conftest import load_tool, write_config
 
 from autoseg.config import RetrainConfig, SearchConfig, load_config, override
 from autoseg.engine.checkpoint import load_checkpoint
-from autoseg.errors import UserError
-from autoseg.precision import autocast, check_amp, grad_scaler, scaled_step
+from autoseg.utils.errors import UserError
+from autoseg.utils.precision import autocast, check_amp, grad_scaler, scaled_step
 
 CPU = torch.device("cpu")
 FRESH_SCALER = {"scale": 65536.0, "_growth_tracker": 0}  # torch's initial scale, no step taken

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoseg.genotype import AUTODEEPLAB_CELL
-from autoseg.profiling import count_madds, kernel_ops, module_madds, profile_model
+from autoseg.space.genotype import AUTODEEPLAB_CELL
+from autoseg.analysis.profiling import count_madds, kernel_ops, module_madds, profile_model
 
 
 def _conv_linear(height: int, width: int) -> nn.Module:
@@ -104,7 +104,7 @@ def test_profile_tool_on_a_retrain_checkpoint(tool, tmp_path):
     (["autodeeplab-s", "--size", "0", "64"], "positive"),
 ])
 def test_profile_tool_bad_input(tool, args, message):
-    from autoseg.errors import UserError
+    from autoseg.utils.errors import UserError
     with pytest.raises(UserError, match=message):
         tool("profile_model")(args)
 

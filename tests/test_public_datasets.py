@@ -15,7 +15,7 @@ from PIL import Image
 from autoseg.config import RetrainConfig, SearchConfig, load_config
 from autoseg.data import build_dataset, dataset_num_classes
 from autoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 # The devkit's colours of a few classes, restated from VOClabelcolormap.m's output.
 VOC_COLOURS = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 15: (192, 128, 128), 20: (0, 64, 128)}

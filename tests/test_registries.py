@@ -19,8 +19,8 @@ from autoseg.data import (CONFIG_KINDS, build_dataset, dataset_default_config, d
                           dataset_num_classes, dataset_task, list_datasets)
 from autoseg.data.transforms import IGNORE_INDEX
 from autoseg.engine.task import TASKS
-from autoseg.errors import UserError
-from autoseg.genotype import AUTODEEPLAB_CELL
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import AUTODEEPLAB_CELL
 from autoseg.losses import LOSSES, build_loss, list_losses, loss_options
 from autoseg.models import create_model, list_models
 from autoseg.models.spec import CLASSIFICATION_MODELS

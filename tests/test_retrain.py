@@ -9,7 +9,7 @@ from fakes import write_fake_cifar10
 
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.trained import load_trained_model
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 
 def _dry_run(tool, capsys, *args) -> dict:

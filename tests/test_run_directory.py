@@ -17,8 +17,8 @@ from autoseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.engine.retrain_loop import RetrainRun
 from autoseg.engine.run import TrainingRun
 from autoseg.engine.run_lock import LOCK_NAME, RunLock, claim_new_run_dir
-from autoseg.errors import UserError
-from autoseg.files import write_json
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import write_json
 
 
 def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tmp_path: Path) -> None:

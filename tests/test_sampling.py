@@ -10,12 +10,12 @@ from conftest import ROOT
 from scipy.stats import chisquare
 
 import autoseg
-from autoseg.architecture import NetworkArch, read_architecture
+from autoseg.space.architecture import NetworkArch, read_architecture
 from autoseg.config import SearchConfig, TrellisModelConfig, load_config
-from autoseg.errors import UserError
-from autoseg.genotype import Genotype
-from autoseg.sampling import path_completions, sample_architectures, sample_cell, sample_path
-from autoseg.trellis import count_paths
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import Genotype
+from autoseg.space.sampling import path_completions, sample_architectures, sample_cell, sample_path
+from autoseg.space.trellis import count_paths
 
 SYNTHETIC = ROOT / "configs" / "search" / "synthetic.yaml"
 CIFAR = ROOT / "configs" / "search" / "cifar10.yaml"
@@ -23,7 +23,7 @@ OPS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
 
 
 def _all_paths(layers: int, levels: int, free_first_step: bool) -> list[tuple[int, ...]]:
-    """Every valid path, by brute force over all level sequences (independent of autoseg.trellis)."""
+    """Every valid path, by brute force over all level sequences (independent of autoseg.space.trellis)."""
     first = (0, 1) if free_first_step else (0,)
     return [p for p in itertools.product(range(levels), repeat=layers)
             if p[0] in first and all(abs(b - a) <= 1 for a, b in zip(p, p[1:]))]

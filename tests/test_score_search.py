@@ -9,8 +9,8 @@ from conftest import write_tiny_retrain_config, write_tiny_search_config
 
 from autoseg.config import RetrainConfig, SearchConfig, load_config, to_dict
 from autoseg.engine.checkpoint import load_checkpoint
-from autoseg.errors import UserError
-from autoseg.sampling import sample_architectures
+from autoseg.utils.errors import UserError
+from autoseg.space.sampling import sample_architectures
 
 FINALS = [20.0, 40.0, 60.0, 80.0, 30.0]
 

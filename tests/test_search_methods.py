@@ -15,7 +15,7 @@ from darts_reference import REFERENCE_FILE, SEARCHES, run_reference_search
 
 from autoseg.config import SearchConfig, from_dict
 from autoseg.engine.checkpoint import load_checkpoint
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.search.darts_network import DartsSearchNetwork
 from autoseg.search.methods import SEARCH_METHODS, SearchSchedule, build_method, list_methods, method_settings
 from autoseg.search.methods.gdas import Gdas, GdasSettings, GumbelRelaxation

@@ -116,7 +116,7 @@ def test_epochs_follow_the_shorter_half_when_the_halves_differ(tool, tmp_path):
 
 
 def test_existing_run_directory_is_never_overwritten(tool, tiny_synthetic_config, tmp_path):
-    from autoseg.errors import UserError
+    from autoseg.utils.errors import UserError
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "precious.txt").write_text("keep me")
     with pytest.raises(UserError, match="already exists"):
@@ -133,7 +133,7 @@ def test_existing_run_directory_is_never_overwritten(tool, tiny_synthetic_config
     (["--batch-size", "200"], "fewer than one batch"),
 ])
 def test_bad_input_is_a_user_error_and_leaves_no_run_directory(tool, tmp_path, args, message):
-    from autoseg.errors import UserError
+    from autoseg.utils.errors import UserError
     with pytest.raises(UserError, match=message):
         tool("search")([a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()

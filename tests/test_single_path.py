@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.ops import PRIMITIVES
+from autoseg.layers.ops import PRIMITIVES
 from autoseg.search.darts_network import DartsSearchNetwork
 from autoseg.search.methods import SearchSchedule, build_method
 from autoseg.search.mixed_op import MixedEdges

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from autoseg.engine.trained import load_trained_model
-from autoseg.errors import UserError
-from autoseg.genotype import GENOTYPES
-from autoseg.genotype import AUTODEEPLAB_CELL
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import GENOTYPES
+from autoseg.space.genotype import AUTODEEPLAB_CELL
 from autoseg.models import count_parameters, create_model
 from autoseg.models.autodeeplab import AutoDeepLabBackbone, autodeeplab_s
 from autoseg.models.smp_encoder import AutoDeepLabEncoder, register_autodeeplab_encoder

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoseg.profiling import saved_activation_bytes
+from autoseg.analysis.profiling import saved_activation_bytes
 from autoseg.search.darts_network import DartsSearchNetwork
 from autoseg.search.mixed_op import MixedEdges
 from autoseg.search.stage_recomputation import recomputed_relu, set_recomputation

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.trellis import (
+from autoseg.space.trellis import (
     TIE_TOLERANCE,
     count_paths,
     node_exists,

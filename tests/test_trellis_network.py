@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from autoseg.config import CollapseGuardSettings
-from autoseg.ops import FactorizedReduce, ReLUConvBN
+from autoseg.layers.ops import FactorizedReduce, ReLUConvBN
 from autoseg.search.trellis_network import TrellisSearchNetwork, Upsample
-from autoseg.trellis import predecessors, trellis_nodes, viterbi_path
+from autoseg.space.trellis import predecessors, trellis_nodes, viterbi_path
 
 
 @pytest.mark.parametrize("layers,levels,free", [(1, 1, True), (3, 2, True), (5, 4, False), (12, 4, True),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.trellis import transition_probabilities, viterbi_path
-from autoseg.visualize import (
+from autoseg.space.trellis import transition_probabilities, viterbi_path
+from autoseg.analysis.visualize import (
     PATH_COLOR,
     alpha_heatmap,
     cell_edge_labels,

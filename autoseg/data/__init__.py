@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from autoseg.data.transforms import IGNORE_INDEX
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 __all__ = [
     "SegmentationDataset",

@@ -21,7 +21,7 @@ from autoseg.data import register_dataset
 from autoseg.data.file_pairs import FilePairsDataset, require_pairs, split_missing
 from autoseg.data.folder import generate_palette, read_mask
 from autoseg.data.transforms import IGNORE_INDEX
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 CLASS_NAMES: list[str] = (
     "wall|building|sky|floor|tree|ceiling|road|bed|windowpane|grass|cabinet|sidewalk|person|earth|door|table|"

@@ -38,8 +38,8 @@ from torch.utils.data import Dataset, Subset
 
 from autoseg.data import ade20k, build_dataset, cityscapes, folder, registered_name, voc
 from autoseg.data.folder import check_same_size, read_image, read_mask
-from autoseg.files import atomic_write
-from autoseg.errors import UserError, problems_error
+from autoseg.utils.files import atomic_write
+from autoseg.utils.errors import UserError, problems_error
 
 CACHE_NAME = ".autoseg-data-check.json"
 _CACHE_VERSION = 2  # 2: images decoded whole (version 1 read their headers)

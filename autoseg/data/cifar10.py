@@ -16,7 +16,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from autoseg.data import register_dataset, sample_seed
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)
 CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)

@@ -19,7 +19,7 @@ from autoseg.data import register_dataset
 from autoseg.data.file_pairs import FilePairsDataset
 from autoseg.data.folder import read_mask
 from autoseg.data.transforms import IGNORE_INDEX
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 SEARCH_CROP_SIZE = 321
 RETRAIN_CROP_SIZE = 769

@@ -11,7 +11,7 @@ import numpy as np
 from autoseg.data import SegmentationDataset
 from autoseg.data.folder import check_same_size, read_image
 from autoseg.data.transforms import build_transform
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 
 Pair = tuple[Path, Path]

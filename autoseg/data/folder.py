@@ -21,7 +21,7 @@ from PIL import Image
 
 from autoseg.data import SegmentationDataset, register_dataset
 from autoseg.data.transforms import IGNORE_INDEX, build_transform
-from autoseg.errors import UserError, problems_error
+from autoseg.utils.errors import UserError, problems_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (".png",)

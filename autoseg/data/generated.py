@@ -12,7 +12,7 @@ import numpy as np
 
 from autoseg.data import SegmentationDataset, registered_name
 from autoseg.data.transforms import IGNORE_INDEX, build_transform
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 """Part of the random seed: splits never share a sample."""

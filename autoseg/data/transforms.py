@@ -18,7 +18,7 @@ import cv2
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -29,7 +29,7 @@ import numpy as np
 from autoseg.data import register_dataset
 from autoseg.data.file_pairs import FilePairsDataset, require_pairs, split_missing
 from autoseg.data.folder import check_mask_ids, read_mask
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 CLASS_NAMES: list[str] = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

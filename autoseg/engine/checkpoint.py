@@ -10,16 +10,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.engine.run_lock import LOCK_NAME
-from autoseg.files import atomic_write
+from autoseg.utils.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path,
                     beside: Callable[[Path], None] | None = None) -> None:
-    """``torch.save`` the state atomically (see :func:`~autoseg.files.atomic_write`).
+    """``torch.save`` the state atomically (see :func:`~autoseg.utils.files.atomic_write`).
 
     ``beside(new_file)`` is called with the complete new checkpoint before it replaces ``path``,
     to write the files that go with it (an architecture, a copy as ``best.pt``): a process killed

@@ -7,7 +7,7 @@ no-op and a tool runs as one process.
 
 ``data.batch_size`` stays the batch of one optimiser step: each process takes its
 ``batch_size / N`` samples of every batch (:func:`shard_batch_size`) and gradients are averaged
-across processes (DistributedDataParallel for the weights, :func:`autoseg.process.average_` for the
+across processes (DistributedDataParallel for the weights, :func:`autoseg.utils.process.average_` for the
 architecture gradients), so N processes make the updates of one, except for batch norm: each
 process normalises over its own share of the batch. Retraining on GPUs synchronises the
 statistics (``train.sync_batchnorm``); the search supernet's grouped batch norms stay per
@@ -24,8 +24,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from autoseg.engine.checkpoint import resolve_device, rng_state, set_rng_state
-from autoseg.errors import UserError
-from autoseg.process import gather_objects, is_distributed, is_main, rank, world_size
+from autoseg.utils.errors import UserError
+from autoseg.utils.process import gather_objects, is_distributed, is_main, rank, world_size
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, default_collate
 
 from autoseg.engine.distributed import shard_batch_size
-from autoseg.process import rank, world_size
-from autoseg.errors import UserError
+from autoseg.utils.process import rank, world_size
+from autoseg.utils.errors import UserError
 
 
 def set_epoch(dataset: Dataset, epoch: int) -> None:

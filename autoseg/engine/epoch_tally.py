@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from autoseg.metrics import AccuracyMeter, ConfusionMeter
-from autoseg.process import sum_over_processes
+from autoseg.evaluation.metrics import AccuracyMeter, ConfusionMeter
+from autoseg.utils.process import sum_over_processes
 
 
 class EpochTally:

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from autoseg.engine.trained import TrainedModelMeta, load_trained_checkpoint
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 SHOWN_NAMES = 8
 """How many tensor names a line of the report lists before it only counts the rest."""

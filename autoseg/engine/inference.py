@@ -15,8 +15,8 @@ from torch import nn
 
 from autoseg.data.folder import IMAGE_SUFFIXES
 from autoseg.data.transforms import eval_transform
-from autoseg.errors import UserError
-from autoseg.inference import InferenceProtocol
+from autoseg.utils.errors import UserError
+from autoseg.evaluation.test_time import InferenceProtocol
 
 
 def list_images(source: str | Path) -> list[Path]:

@@ -16,11 +16,11 @@ from typing import Sequence
 
 import torch
 
-from autoseg.architecture import Architecture
+from autoseg.space.architecture import Architecture
 from autoseg.engine.checkpoint import seed_everything
 from autoseg.engine.epoch_data import evaluation_batches
 from autoseg.engine.search_setup import build_search_data, rebuild_search
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 
 def one_shot_scores(run_dir: Path, archs: Sequence[Architecture], device: torch.device,

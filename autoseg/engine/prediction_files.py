@@ -27,8 +27,8 @@ from PIL import Image
 
 from autoseg.data.cityscapes import train_ids_to_label_ids
 from autoseg.engine.inference import blend, colorize, list_images
-from autoseg.errors import UserError
-from autoseg.visualize import save_png
+from autoseg.utils.errors import UserError
+from autoseg.analysis.visualize import save_png
 
 OUTPUT_FORMATS = ("color", "overlay", "trainid", "labelid")
 DEFAULT_FORMATS = ("color", "overlay")

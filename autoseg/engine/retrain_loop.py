@@ -19,18 +19,18 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 
-from autoseg.compilation import compiled
+from autoseg.utils.compilation import compiled
 from autoseg.config import RetrainConfig
 from autoseg.engine.distributed import data_parallel
 from autoseg.engine.epoch_data import check_segmentation_batch_size
 from autoseg.engine.run import TrainingRun, TrainStep
 from autoseg.engine.task import Task
 from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
-from autoseg.errors import UserError
-from autoseg.files import atomic_write
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import atomic_write
 from autoseg.losses import resolve_class_weights
-from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
-from autoseg.process import is_distributed
+from autoseg.utils.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
+from autoseg.utils.process import is_distributed
 
 
 class RetrainRun(TrainingRun):

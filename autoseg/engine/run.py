@@ -33,7 +33,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from autoseg.config import to_dict
-from autoseg.compilation import check_compile
+from autoseg.utils.compilation import check_compile
 from autoseg.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from autoseg.engine.distributed import broadcast_buffers, on_main, process_rng_states, restore_process_rng_state
 from autoseg.engine.epoch_data import epoch_batches, evaluation_batches, set_epoch
@@ -42,10 +42,10 @@ from autoseg.engine.run_lock import RunLock
 from autoseg.engine.step_guard import (SKIPS_IN_A_ROW_LIMIT, BufferSnapshot, describe, divergence_message,
                                        non_finite_tensors, read_step)
 from autoseg.engine.task import Task
-from autoseg.errors import RunInterrupted, UserError
-from autoseg.files import remove_interrupted_writes
-from autoseg.precision import check_amp
-from autoseg.process import gather_objects, is_main, rank
+from autoseg.utils.errors import RunInterrupted, UserError
+from autoseg.utils.files import remove_interrupted_writes
+from autoseg.utils.precision import check_amp
+from autoseg.utils.process import gather_objects, is_main, rank
 
 SEED_STRIDE = 100_003
 """Epoch ``e`` of a run seeded ``s`` shuffles with seed ``s * SEED_STRIDE + e``."""

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 LOCK_NAME = ".run.lock"
 

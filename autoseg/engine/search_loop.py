@@ -4,10 +4,10 @@ Per step: when past the warm-up and the search method updates the architecture t
 architecture update on a batch of half B (the method's: :mod:`autoseg.search.methods`), then one
 weight update (SGD, gradient clipping) on a batch of half A, in the method's context for weight
 steps; in an fp16 run each of the two goes through its own gradient scaler
-(:mod:`autoseg.precision`). The method is told when an epoch starts and chooses the architecture
+(:mod:`autoseg.utils.precision`). The method is told when an epoch starts and chooses the architecture
 after every evaluation (with the task metric on batches of half B, when its rule needs one). The
 weight learning rate follows a cosine schedule per epoch. A hierarchical search counts what its
-decoded network costs (:mod:`autoseg.expected_cost`) and, with ``cost.target_madds``, adds the
+decoded network costs (:mod:`autoseg.analysis.expected_cost`) and, with ``cost.target_madds``, adds the
 cost term to the architecture loss. Every epoch ends (through
 :class:`~autoseg.engine.run.TrainingRun`) with an evaluation, the architecture decoded once,
 TensorBoard scalars and images, the architecture file, the history of every epoch's architecture
@@ -27,18 +27,18 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from autoseg.architecture import Architecture, architecture_from_dict
-from autoseg.compilation import compiled
+from autoseg.space.architecture import Architecture, architecture_from_dict
+from autoseg.utils.compilation import compiled
 from autoseg.config import SearchConfig
 from autoseg.engine.distributed import data_parallel
 from autoseg.engine.epoch_data import check_segmentation_batch_size, evaluation_batches, set_epoch
 from autoseg.engine.run import TrainingRun, TrainStep
 from autoseg.engine.search_setup import build_search_method
 from autoseg.engine.task import Task
-from autoseg.errors import UserError
-from autoseg.expected_cost import CostPenalty, build_trellis_cost, with_cost
-from autoseg.files import write_json
-from autoseg.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
+from autoseg.utils.errors import UserError
+from autoseg.analysis.expected_cost import CostPenalty, build_trellis_cost, with_cost
+from autoseg.utils.files import write_json
+from autoseg.utils.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
 from autoseg.search.arch_history import (EVOLUTION_FIGURE, evolution_series, history_entry, history_figure,
                                          history_file,
                                          write_history)

@@ -11,7 +11,7 @@ from autoseg.data import dataset_task, split_in_halves
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.engine.datasets import build_split
 from autoseg.engine.task import Task, build_task
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.search.methods import SearchMethod, SearchSchedule, build_method
 from autoseg.search.network import SearchNetwork
 from autoseg.search.spaces import build_search_network, get_space

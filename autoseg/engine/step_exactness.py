@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.compilation import compiled
-from autoseg.precision import autocast, grad_scaler
+from autoseg.utils.compilation import compiled
+from autoseg.utils.precision import autocast, grad_scaler
 from autoseg.search.trellis_network import TrellisSearchNetwork
 
 SUPERNET = {"layers": 3, "levels": 2, "blocks": 2, "filter_multiplier": 4, "aspp_channels": 8}

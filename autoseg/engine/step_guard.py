@@ -1,7 +1,7 @@
 """The NaN/inf guard of the training loops: what a step whose loss or gradient is not finite does.
 
 Every optimiser step reads its loss and its gradient norm (the norm gradient clipping computes
-anyway, or measured when there is no clipping; see :func:`autoseg.precision.scaled_backward`)
+anyway, or measured when there is no clipping; see :func:`autoseg.utils.precision.scaled_backward`)
 back in one transfer, the device sync each step already had for the progress bar; in a run of
 several processes the verdict is summed over them, so that they all decide alike. In an fp16 run
 the gradients are left to the gradient scalers, whose overflows are expected and skip the step on
@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from autoseg.process import sum_tensor_
+from autoseg.utils.process import sum_tensor_
 
 SKIPS_IN_A_ROW_LIMIT = 20
 """Under ``nan_policy: skip``, this many steps in a row with a dropped update end the run."""

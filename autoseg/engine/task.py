@@ -21,11 +21,11 @@ from autoseg.data import dataset_num_classes, dataset_task
 from autoseg.config import LossConfig
 from autoseg.engine.epoch_data import SizeGroups
 from autoseg.data.transforms import IGNORE_INDEX
-from autoseg.inference import InferenceProtocol
+from autoseg.evaluation.test_time import InferenceProtocol
 from autoseg.losses import training_criterion
-from autoseg.metrics import AccuracyMeter, ConfusionMeter
-from autoseg.precision import autocast
-from autoseg.process import is_main, sum_over_processes
+from autoseg.evaluation.metrics import AccuracyMeter, ConfusionMeter
+from autoseg.utils.precision import autocast
+from autoseg.utils.process import is_main, sum_over_processes
 
 TASKS = ("segmentation", "classification")
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from autoseg.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.models.spec import build_model
 
 BEST_NAME = "best.pt"

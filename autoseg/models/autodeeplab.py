@@ -12,7 +12,7 @@ docs/DESIGN.md §4):
   resized to the size of H^{l-1} and goes through ReLU - 1x1 conv - BN only when its channel
   count differs. A step down (level + 1) is done inside the cell: ops on the two cell inputs
   get stride 2. A step up (level - 1) bilinearly resizes H^{l-1} to that level's size first.
-- Cell ops (family ``"autodeeplab"`` of :mod:`autoseg.ops`): ``sep_conv_kxk`` = (ReLU,
+- Cell ops (family ``"autodeeplab"`` of :mod:`autoseg.layers.ops`): ``sep_conv_kxk`` = (ReLU,
   depthwise kxk, pointwise 1x1, BN) twice; ``dil_conv_kxk`` = ReLU - FULL kxk conv with
   dilation 2 - BN, and with stride 2 the input is bilinearly halved and the conv is undilated;
   ``skip_connect`` with stride 2 is ReLU - 1x1 conv/2 - BN (the official identity op); pools
@@ -47,16 +47,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.architecture import DEFAULT_FILTER_MULTIPLIER, NetworkArch, check_path
-from autoseg.genotype import AUTODEEPLAB_CELL, AUTODEEPLAB_PATH, CellGenotype
+from autoseg.space.architecture import DEFAULT_FILTER_MULTIPLIER, NetworkArch, check_path
+from autoseg.space.genotype import AUTODEEPLAB_CELL, AUTODEEPLAB_PATH, CellGenotype
 from autoseg.models.deeplab_head import DeepLabV3PlusHead
 from autoseg.models.fixed_cell import FixedCell
 from autoseg.models.registry import register_model
 from autoseg.models.utils import set_batchnorm
-from autoseg.ops import ReLUConvBN, SepConv, register_op
+from autoseg.layers.ops import ReLUConvBN, SepConv, register_op
 
 FAMILY = "autodeeplab"
-"""Op family of the official Auto-DeepLab retrain ops in :mod:`autoseg.ops`."""
+"""Op family of the official Auto-DeepLab retrain ops in :mod:`autoseg.layers.ops`."""
 
 BN_MOMENTUM = 3e-4
 """PyTorch BN momentum of the official moving-average decay 0.9997."""
@@ -255,7 +255,7 @@ def autodeeplab_l(num_classes: int, **kwargs: Any) -> AutoDeepLab:
 
 
 def autodeeplab_from_arch(arch: NetworkArch | Mapping[str, Any], num_classes: int, **kwargs: Any) -> AutoDeepLab:
-    """Build the network a search found, from its :class:`~autoseg.architecture.NetworkArch`
+    """Build the network a search found, from its :class:`~autoseg.space.architecture.NetworkArch`
     (or the ``arch.json`` form of one); a ``filter_multiplier`` keyword overrides the
     architecture's F, which defaults to 20 when the architecture records none."""
     if not isinstance(arch, NetworkArch):

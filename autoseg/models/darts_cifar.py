@@ -1,4 +1,4 @@
-"""The DARTS evaluation network for CIFAR-10, built from a discrete :class:`~autoseg.genotype.Genotype`.
+"""The DARTS evaluation network for CIFAR-10, built from a discrete :class:`~autoseg.space.genotype.Genotype`.
 
 Same structure as the reference ``NetworkCIFAR`` (docs/DESIGN.md §2): a 3x3 conv stem
 to ``3 C`` channels, ``layers`` cells with reduction cells at 1/3 and 2/3 of the depth
@@ -15,16 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoseg.genotype import Genotype, get_genotype
+from autoseg.space.genotype import Genotype, get_genotype
 from autoseg.models.fixed_cell import FixedCell
 from autoseg.models.registry import register_model
-from autoseg.ops import FactorizedReduce, ReLUConvBN
+from autoseg.layers.ops import FactorizedReduce, ReLUConvBN
 
 
 class DartsCell(nn.Module):
     """A normal or reduction cell: 1x1 preprocessing of both inputs, then the genotype's blocks.
 
-    Input state 0 is reduced with :class:`~autoseg.ops.FactorizedReduce` when the previous
+    Input state 0 is reduced with :class:`~autoseg.layers.ops.FactorizedReduce` when the previous
     cell was a reduction cell (it is then at twice the resolution of state 1).
     """
 

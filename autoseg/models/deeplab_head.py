@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.aspp import ASPP, conv_bn_relu
+from autoseg.layers.aspp import ASPP, conv_bn_relu
 
 
 def aspp_rates(output_stride: int) -> tuple[int, ...]:

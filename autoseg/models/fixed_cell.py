@@ -1,9 +1,9 @@
 """The DAG of a discrete (decoded) cell, shared by the retrained DARTS and Auto-DeepLab networks.
 
-A :class:`FixedCell` runs the blocks of a :class:`~autoseg.genotype.CellGenotype` on two
+A :class:`FixedCell` runs the blocks of a :class:`~autoseg.space.genotype.CellGenotype` on two
 already preprocessed input states of ``channels`` channels each: block ``i`` is the sum of
 its kept ops applied to their input states, and the output concatenates the states listed
-in ``genotype.concat``. Ops come from the :mod:`autoseg.ops` registry of the given family;
+in ``genotype.concat``. Ops come from the :mod:`autoseg.layers.ops` registry of the given family;
 only ops applied to the two cell inputs (states 0 and 1) carry the cell's stride, as in both
 reference codes. Preprocessing of the inputs is left to the network, since it is what
 differs between DARTS and Auto-DeepLab.
@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoseg.compilation import bernoulli_mask
-from autoseg.genotype import CellGenotype
-from autoseg.ops import build_op
+from autoseg.utils.compilation import bernoulli_mask
+from autoseg.space.genotype import CellGenotype
+from autoseg.layers.ops import build_op
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.models.smp_baseline import SMP_PREFIX, create_smp_model
 
 ModelFactory = TypeVar("ModelFactory", bound=Callable[..., nn.Module])

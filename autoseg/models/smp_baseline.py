@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 SMP_PREFIX = "smp:"
 """Model names starting with this prefix are smp baselines."""

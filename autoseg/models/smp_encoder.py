@@ -51,9 +51,9 @@ from torch import nn
 from segmentation_models_pytorch.encoders import encoders
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 
-from autoseg.architecture import DEFAULT_FILTER_MULTIPLIER, NetworkArch
-from autoseg.errors import UserError
-from autoseg.genotype import AUTODEEPLAB_CELL, AUTODEEPLAB_PATH, CellGenotype
+from autoseg.space.architecture import DEFAULT_FILTER_MULTIPLIER, NetworkArch
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import AUTODEEPLAB_CELL, AUTODEEPLAB_PATH, CellGenotype
 from autoseg.models.autodeeplab import (BN_EPS, BN_MOMENTUM, PUBLISHED_FILTER_MULTIPLIERS, STEM_CHANNELS,
                                        AutoDeepLabBackbone, resize)
 from autoseg.models.smp_baseline import ARCH_ENCODER

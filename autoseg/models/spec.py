@@ -11,9 +11,9 @@ from typing import Any
 
 from torch import nn
 
-from autoseg.architecture import NetworkArch, read_architecture
-from autoseg.errors import UserError
-from autoseg.genotype import GENOTYPES
+from autoseg.space.architecture import NetworkArch, read_architecture
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import GENOTYPES
 from autoseg.models.registry import create_model
 from autoseg.models.smp_baseline import ARCH_ENCODER, SMP_PREFIX
 from autoseg.models.autodeeplab import PUBLISHED_FILTER_MULTIPLIERS

@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from autoseg.architecture import NetworkArch
-from autoseg.genotype import CellGenotype, Genotype, blocks_from_edges, topk_cell
+from autoseg.space.architecture import NetworkArch
+from autoseg.space.genotype import CellGenotype, Genotype, blocks_from_edges, topk_cell
 from autoseg.search.collapse_guards import edge_normalization_weights
-from autoseg.trellis import viterbi_path
+from autoseg.space.trellis import viterbi_path
 
 
 def _edge_weights(edge_betas: torch.Tensor, num_blocks: int) -> np.ndarray:

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from autoseg.architecture import Architecture, NetworkArch, architecture_from_dict
-from autoseg.errors import UserError
-from autoseg.files import atomic_write
-from autoseg.genotype import Genotype
+from autoseg.space.architecture import Architecture, NetworkArch, architecture_from_dict
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import atomic_write
+from autoseg.space.genotype import Genotype
 from autoseg.search.network import SearchNetwork
-from autoseg.visualize import evolution_figure, save_png
+from autoseg.analysis.visualize import evolution_figure, save_png
 
 EVOLUTION_FIGURE = "arch_evolution.png"
 """The figure of how the op weights (and the path) evolved, in the run directory."""

@@ -11,7 +11,7 @@ step computes grad_alpha of the validation loss and applies it:
   finite differences with eps = 0.01 / ||v||.
 
 An optional ``regularizer`` (a function of the architecture parameters only, such as the cost
-term of :mod:`autoseg.expected_cost`) is added to the validation loss in both cases; since it
+term of :mod:`autoseg.analysis.expected_cost`) is added to the validation loss in both cases; since it
 does not depend on the weights, the second-order update gets its gradient once, exactly.
 
 The unrolled model is evaluated with :func:`torch.func.functional_call` on the same module,
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from autoseg.process import average_
+from autoseg.utils.process import average_
 
 Batch = Sequence[torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -26,7 +26,7 @@ Auto-DeepLab one); the docs' "Collapse guards" guide lists them with their costs
   search, an independent mask per edge, at a rate that decays from ``p0`` to 0 over the search.
 
 The decode-time cap ``max_skip_connect`` of P-DARTS is part of decoding
-(:func:`autoseg.genotype.topk_cell`), a pure function of the architecture parameters.
+(:func:`autoseg.space.genotype.topk_cell`), a pure function of the architecture parameters.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from autoseg.config import CollapseGuardSettings
-from autoseg.genotype import num_edges
+from autoseg.space.genotype import num_edges
 
 
 class CollapseGuards:

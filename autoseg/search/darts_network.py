@@ -8,16 +8,16 @@ import torch
 from torch import nn
 
 from autoseg.config import CollapseGuardSettings
-from autoseg.genotype import Genotype, num_edges
-from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
+from autoseg.space.genotype import Genotype, num_edges
+from autoseg.layers.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_darts
 from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_weights
 from autoseg.search.grouped_batchnorm import convert_batchnorm, deferred_running_statistics
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
-from autoseg.sampling import sample_genotype
+from autoseg.space.sampling import sample_genotype
 from autoseg.search.relaxation import cell_choice_weights
-from autoseg.visualize import alpha_heatmap, cell_figure
+from autoseg.analysis.visualize import alpha_heatmap, cell_figure
 
 
 class DartsSearchCell(nn.Module):
@@ -134,7 +134,7 @@ class DartsSearchNetwork(SearchNetwork):
                 for name, cell in (("normal", arch.normal), ("reduce", arch.reduce))}
 
     def sample_architecture(self, rng: np.random.Generator) -> Genotype:
-        """Random normal and reduction cells (:func:`autoseg.sampling.sample_genotype`)."""
+        """Random normal and reduction cells (:func:`autoseg.space.sampling.sample_genotype`)."""
         return sample_genotype(self.num_blocks, self.multiplier, self.primitives, rng)
 
     def arch_weights(self) -> dict[str, np.ndarray]:

@@ -13,9 +13,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from autoseg.compilation import varying_dropout
-from autoseg.genotype import num_edges
-from autoseg.ops import check_primitives
+from autoseg.utils.compilation import varying_dropout
+from autoseg.space.genotype import num_edges
+from autoseg.layers.ops import check_primitives
 from autoseg.search.collapse_guards import CollapseGuards, channel_shuffle, check_partial_channels
 from autoseg.search.stage_recomputation import RecomputableModule
 from autoseg.search.weighted_sum import compact_index, weighted_sum

@@ -4,7 +4,7 @@ tools never ask which supernet they hold.
 A supernet is an ``nn.Module`` whose parameters split into architecture parameters (alpha,
 and beta for the trellis; updated by the architect on half B) and weights (updated by SGD on
 half A). It decodes its current architecture parameters into a typed discrete architecture
-(:class:`~autoseg.genotype.Genotype` or :class:`~autoseg.architecture.NetworkArch`), draws
+(:class:`~autoseg.space.genotype.Genotype` or :class:`~autoseg.space.architecture.NetworkArch`), draws
 them for TensorBoard, and summarises itself for ``--dry-run``.
 
 How the architecture parameters weight the choices in the forward pass is the search method's
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoseg.architecture import Architecture
+from autoseg.space.architecture import Architecture
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.relaxation import SOFTMAX, Relaxation
 from autoseg.search.stage_recomputation import set_recomputation
@@ -88,7 +88,7 @@ class SearchNetwork(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def sample_architecture(self, rng: np.random.Generator) -> Architecture:
-        """An architecture of this supernet's space drawn uniformly (:mod:`autoseg.sampling`)."""
+        """An architecture of this supernet's space drawn uniformly (:mod:`autoseg.space.sampling`)."""
 
     def choice_weights(self, name: str, weights: torch.Tensor) -> torch.Tensor:
         """``weights`` of choice ``name`` from the relaxation, with the rows pinned by

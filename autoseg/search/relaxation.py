@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from autoseg.genotype import CellGenotype, num_edges
+from autoseg.space.genotype import CellGenotype, num_edges
 
 
 class Relaxation:

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from autoseg.architecture import Architecture, NetworkArch
+from autoseg.space.architecture import Architecture, NetworkArch
 from autoseg.config import SearchConfig
-from autoseg.errors import UserError
-from autoseg.genotype import Genotype
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import Genotype
 from autoseg.search.darts_network import DartsSearchNetwork
 from autoseg.search.network import SearchNetwork
 from autoseg.search.trellis_network import TrellisSearchNetwork
-from autoseg.trellis import check_crop_size
+from autoseg.space.trellis import check_crop_size
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ depends on there being 12 layers or 4 levels.
   preprocessed first input stands in for it, i.e. the cell receives H^{l-1} twice.
 - beta has shape (L, S, 3): logits of the moves to one level finer / same / coarser; they
   are turned into transition probabilities by a softmax over each node's outgoing moves
-  (:func:`autoseg.trellis.transition_probabilities`).
+  (:func:`autoseg.space.trellis.transition_probabilities`).
 - Head: an ASPP module on every node of the last layer (a 1x1 branch, one 3x3 branch of
   atrous rate ``aspp_base_rate / stride`` = 96/s, image pooling), a 1x1 classifier, logits
   upsampled to the input size and summed.
@@ -39,21 +39,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.architecture import NetworkArch
-from autoseg.genotype import num_edges
-from autoseg.aspp import ASPP
+from autoseg.space.architecture import NetworkArch
+from autoseg.space.genotype import num_edges
+from autoseg.layers.aspp import ASPP
 from autoseg.config import CollapseGuardSettings
-from autoseg.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
+from autoseg.layers.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from autoseg.search.arch_decoding import decode_hierarchical
 from autoseg.search.collapse_guards import CollapseGuards, edge_normalization_weights
 from autoseg.search.grouped_batchnorm import batch_groups, convert_batchnorm, deferred_running_statistics
 from autoseg.search.mixed_op import MixedCell
 from autoseg.search.network import SearchNetwork
-from autoseg.sampling import sample_network_arch
+from autoseg.space.sampling import sample_network_arch
 from autoseg.search.relaxation import cell_choice_weights, path_transition_weights
 from autoseg.search.node_recomputation import recomputed_in_backward
-from autoseg.trellis import predecessors, transition_probabilities, trellis_nodes
-from autoseg.visualize import alpha_heatmap, cell_figure, trellis_figure
+from autoseg.space.trellis import predecessors, transition_probabilities, trellis_nodes
+from autoseg.analysis.visualize import alpha_heatmap, cell_figure, trellis_figure
 
 STEM_CHANNELS = (64, 64, 128)
 
@@ -261,7 +261,7 @@ class TrellisSearchNetwork(SearchNetwork):
         return [node.cell for node in self.nodes.values()] if name == "cell" else []
 
     def sample_architecture(self, rng: np.random.Generator) -> NetworkArch:
-        """A random cell and a uniform path (:func:`autoseg.sampling.sample_network_arch`)."""
+        """A random cell and a uniform path (:func:`autoseg.space.sampling.sample_network_arch`)."""
         return sample_network_arch(self.num_layers, self.num_levels, self.num_blocks, self.primitives, rng,
                                    self.filter_multiplier, self.free_first_step)
 

@@ -15,10 +15,10 @@ the weights of all ``k`` edges and compute all of them in one go:
 
 This is exactly the reference computation of ``k`` separate edges (docs/DESIGN.md §1):
 same parameters, same outputs and gradients (checked against the per-edge ops of
-:mod:`autoseg.ops` in the tests). A wide op returns ``(N, k, C, H', W')``, or
+:mod:`autoseg.layers.ops` in the tests). A wide op returns ``(N, k, C, H', W')``, or
 ``(N, 1, C, H', W')`` when every edge gets the same output.
 
-Ops without a wide form (for example ones a user registers with :func:`autoseg.ops.register_op`)
+Ops without a wide form (for example ones a user registers with :func:`autoseg.layers.ops.register_op`)
 run per edge through :class:`EdgeStack`; a wide form is one :func:`register_wide_op` entry.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.ops import build_op
+from autoseg.layers.ops import build_op
 from autoseg.search.grouped_batchnorm import GroupedBatchNorm2d, convert_batchnorm
 from autoseg.search.stage_recomputation import (RecomputableModule, StageShape, pointwise, recomputed_relu,
                                                recomputed_stage)
@@ -88,7 +88,7 @@ class WideBatchNorm(GroupedBatchNorm2d):
 
 
 class WideDilConv(RecomputableModule):
-    """ReLU - depthwise kxk conv - pointwise 1x1 conv - BN (:class:`autoseg.ops.DilConv`) on ``k`` edges.
+    """ReLU - depthwise kxk conv - pointwise 1x1 conv - BN (:class:`autoseg.layers.ops.DilConv`) on ``k`` edges.
 
     With ``shared_input`` the edges read one state (``EdgeInput``, ReLU shared); otherwise each
     edge reads its own ``(N, k, C, H, W)`` slice (the second half of a separable conv). With
@@ -126,7 +126,7 @@ class WideDilConv(RecomputableModule):
 
 class WideSepConv(nn.Sequential):
     """Two :class:`WideDilConv` stages without dilation, the first with the stride
-    (:class:`autoseg.ops.SepConv`)."""
+    (:class:`autoseg.layers.ops.SepConv`)."""
 
     def __init__(self, channels: int, num_edges: int, kernel_size: int, stride: int):
         super().__init__(WideDilConv(channels, num_edges, kernel_size, stride, 1, shared_input=True),
@@ -134,7 +134,7 @@ class WideSepConv(nn.Sequential):
 
 
 class WideFactorizedReduce(nn.Module):
-    """:class:`autoseg.ops.FactorizedReduce` (affine-free) on ``k`` edges: ReLU, two 1x1 stride-2
+    """:class:`autoseg.layers.ops.FactorizedReduce` (affine-free) on ``k`` edges: ReLU, two 1x1 stride-2
     convs on pixel grids offset by one (the shifted one zero-padded on odd sizes), concatenated, BN."""
 
     def __init__(self, channels: int, num_edges: int):

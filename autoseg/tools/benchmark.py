@@ -15,10 +15,10 @@ parameter), the peak memory (CUDA max allocated, or the process's peak RSS on CP
 activations one forward pass saves for backward (``saved_activations_mb``: device-independent,
 so a CPU run tells how much GPU memory the activations of a setting take; with checkpointing,
 what the checkpoints keep), and the ATen ops one weight step dispatches, views excluded
-(``kernel_ops``, :func:`autoseg.profiling.kernel_ops`; ``--kernel-ops-top N`` adds the N most
+(``kernel_ops``, :func:`autoseg.analysis.profiling.kernel_ops`; ``--kernel-ops-top N`` adds the N most
 frequent ops), which bounds a GPU step when the tensors are small. ``--mode retrain`` times
 the training step of a retrain model (``--arch``, as ``autoseg retrain`` takes it; no architecture
-step). ``--compile`` times the steps of the compiled model (:mod:`autoseg.compilation`); the
+step). ``--compile`` times the steps of the compiled model (:mod:`autoseg.utils.compilation`); the
 ``first_<step>_s`` figures, each step's first run, then include compiling.
 
 Run at a paper's setting (the defaults, batch and crop included), the line also holds
@@ -40,14 +40,14 @@ import torch
 import yaml
 
 from autoseg.cli import CONFIG_DIR, add_amp_argument, add_compile_argument
-from autoseg.compilation import check_compile, compiled
+from autoseg.utils.compilation import check_compile, compiled
 from autoseg.config import (DartsSearchModelConfig, SearchConfig, TrainConfig, TrellisModelConfig, load_config,
                             validate_config)
 from autoseg.engine.checkpoint import resolve_device
 from autoseg.engine.search_setup import build_search_network
 from autoseg.models.spec import build_model, model_spec
-from autoseg.precision import autocast, check_amp, grad_scaler, scaled_step
-from autoseg.profiling import kernel_ops, saved_activation_bytes
+from autoseg.utils.precision import autocast, check_amp, grad_scaler, scaled_step
+from autoseg.analysis.profiling import kernel_ops, saved_activation_bytes
 from autoseg.search.methods import SEARCH_METHODS, SearchSchedule, UpdateTools, build_method
 
 

@@ -22,18 +22,18 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from autoseg.architecture import Architecture, NetworkArch, read_architecture
+from autoseg.space.architecture import Architecture, NetworkArch, read_architecture
 from autoseg.cli import default_config
 from autoseg.config import RetrainConfig, SearchConfig, to_dict
 from autoseg.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from autoseg.engine.trained import TrainedModelMeta
-from autoseg.errors import UserError
-from autoseg.files import read_json, write_json
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import read_json, write_json
 from autoseg.models import count_parameters
 from autoseg.models.spec import build_model
-from autoseg.sampling import sample_architectures
+from autoseg.space.sampling import sample_architectures
 from autoseg.search.spaces import get_space
-from autoseg.search_quality import compare_groups, results_markdown
+from autoseg.analysis.search_quality import compare_groups, results_markdown
 from autoseg.tools import retrain as retrain_tool
 from autoseg.tools import search as search_tool
 from autoseg.tools.sample import SAMPLE_PREFIX, cell_skip_count, write_architectures

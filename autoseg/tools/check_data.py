@@ -18,7 +18,7 @@ from pathlib import Path
 
 from autoseg.data import list_datasets
 from autoseg.data.check import CheckReport, check_split
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

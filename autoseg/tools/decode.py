@@ -23,13 +23,13 @@ import argparse
 from pathlib import Path
 
 from autoseg.engine.search_setup import rebuild_search
-from autoseg.expected_cost import build_trellis_cost, with_cost
-from autoseg.files import write_json
-from autoseg.genotype import Genotype
+from autoseg.analysis.expected_cost import build_trellis_cost, with_cost
+from autoseg.utils.files import write_json
+from autoseg.space.genotype import Genotype
 from autoseg.models.spec import build_model, model_spec
-from autoseg.profiling import profile_model
+from autoseg.analysis.profiling import profile_model
 from autoseg.search.arch_history import architecture_of_epoch, read_history
-from autoseg.visualize import save_png
+from autoseg.analysis.visualize import save_png
 
 FIGURE_FILES = {"beta/trellis": "arch_trellis.png", "cell/decoded": "arch_cell.png",
                 "cell/normal": "genotype_normal.png", "cell/reduce": "genotype_reduce.png"}

@@ -31,10 +31,10 @@ from autoseg.engine.datasets import build_split
 from autoseg.engine.epoch_data import evaluation_batches
 from autoseg.engine.task import Task
 from autoseg.engine.trained import load_trained_model
-from autoseg.errors import UserError
-from autoseg.inference import InferenceProtocol, add_protocol_arguments, protocol_from_args
-from autoseg.precision import check_amp
-from autoseg.profiling import profile_model
+from autoseg.utils.errors import UserError
+from autoseg.evaluation.test_time import InferenceProtocol, add_protocol_arguments, protocol_from_args
+from autoseg.utils.precision import check_amp
+from autoseg.analysis.profiling import profile_model
 
 DATA_FLAGS = {"data_root": "root", "num_classes": "num_classes", "batch_size": "eval_batch_size"}
 """Command-line flag (argparse dest) -> key of the checkpoint's ``data`` config it overrides."""

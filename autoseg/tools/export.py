@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from autoseg.engine.trained import TrainedModelMeta, load_trained_model
-from autoseg.errors import UserError
-from autoseg.files import require_writable_folder
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import require_writable_folder
 
 RELATIVE_TOLERANCE = 1e-3
 """Largest accepted |onnxruntime - PyTorch| difference, relative to the largest |logit| (at least 1)."""

@@ -44,8 +44,8 @@ import torch
 from autoseg.cli import default_run_dir
 from autoseg.engine import step_exactness
 from autoseg.engine.checkpoint import check_run_dir, load_checkpoint
-from autoseg.errors import UserError
-from autoseg.files import atomic_write, write_json
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import atomic_write, write_json
 
 TOTAL_BUDGET_S = 480
 """The whole check's wall-time budget: the sections' budgets add up to at most this."""

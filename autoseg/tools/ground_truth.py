@@ -3,7 +3,7 @@ each retrained under one fixed protocol, one row each.
 
     autoseg ground_truth --config configs/search/synthetic.yaml \\
         --retrain-config configs/retrain/synthetic.yaml -n 150 --repeats 20 \\
-        --table autoseg/ground_truth/synthetic.json --time-budget 3600
+        --table autoseg/analysis/ground_truth/synthetic.json --time-budget 3600
     autoseg ground_truth ...                  # the same command again: continues where it stopped
 
 Draw i is `autoseg sample --seed SAMPLE_SEED`'s draw i. Every draw is retrained with the retrain
@@ -39,12 +39,12 @@ from typing import Any
 import torch
 
 import autoseg
-from autoseg.architecture import Architecture, architecture_from_dict
+from autoseg.space.architecture import Architecture, architecture_from_dict
 from autoseg.config import RetrainConfig, to_dict
-from autoseg.errors import UserError
-from autoseg.files import read_json
-from autoseg.ground_truth import FORMAT, write_table
-from autoseg.sampling import sample_architectures
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import read_json
+from autoseg.analysis.ground_truth import FORMAT, write_table
+from autoseg.space.sampling import sample_architectures
 from autoseg.tools import retrain as retrain_tool
 from autoseg.tools.benchmark_search import architecture_row, ensure_run, resolve_configs
 

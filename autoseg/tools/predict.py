@@ -27,9 +27,9 @@ from autoseg.data.folder import read_image, read_image_size
 from autoseg.engine.checkpoint import resolve_device
 from autoseg.engine.inference import predict_mask
 from autoseg.engine.trained import load_trained_model
-from autoseg.errors import UserError
-from autoseg.files import require_writable_folder
-from autoseg.inference import add_protocol_arguments, protocol_from_args
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import require_writable_folder
+from autoseg.evaluation.test_time import add_protocol_arguments, protocol_from_args
 from autoseg.engine.prediction_files import (DEFAULT_FORMATS, OUTPUT_FORMATS, RESULT_KEYS, check_request,
                                       collect_images, write_outputs)
 

@@ -26,9 +26,9 @@ from typing import Any
 from torch import nn
 
 from autoseg.engine.trained import load_trained_model
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.models.spec import build_model, model_spec
-from autoseg.profiling import profile_model
+from autoseg.analysis.profiling import profile_model
 
 SEGMENTATION_SIZE, CLASSIFICATION_SIZE = (1024, 2048), (32, 32)
 """Default input sizes: a Cityscapes image, a CIFAR-10 image."""

@@ -40,12 +40,12 @@ from autoseg.engine.fine_tune import init_from_checkpoint
 from autoseg.engine.retrain_loop import RetrainRun
 from autoseg.engine.task import Task, build_task
 from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.losses import LOSSES, list_losses, loss_defaults, loss_options
 from autoseg.models import count_parameters
 from autoseg.models.spec import build_model, fixed_filter_multiplier, model_spec, model_task
-from autoseg.process import is_main, world_size
-from autoseg.profiling import profile_model
+from autoseg.utils.process import is_main, world_size
+from autoseg.analysis.profiling import profile_model
 
 RETRAIN_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "arch": "model.arch", "iterations": "train.iterations",
                  "filter_multiplier": "model.filter_multiplier", "lr": "optimizer.lr", "init_from": "model.init_from"}

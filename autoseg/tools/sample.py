@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoseg.architecture import Architecture, NetworkArch, architecture_from_dict
+from autoseg.space.architecture import Architecture, NetworkArch, architecture_from_dict
 from autoseg.cli import default_config, default_run_dir
 from autoseg.config import SearchConfig, load_config
-from autoseg.errors import UserError
-from autoseg.files import read_json
-from autoseg.genotype import CellGenotype
-from autoseg.sampling import sample_architectures
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import read_json
+from autoseg.space.genotype import CellGenotype
+from autoseg.space.sampling import sample_architectures
 
 SAMPLE_PREFIX = "random_"
 """Draw i goes to ``DIR/random_<i>/``."""

@@ -7,7 +7,7 @@
 Runs K searches (seeds 0 .. K-1) of the search config (default: the one the table was drawn from,
 with --method if given) into DIR/searched_<k>/search, retrains each searched architecture under
 the table's protocol (its retrain config and first retraining seed) into DIR/searched_<k>/retrain,
-and scores it against the table's architectures (:func:`autoseg.ground_truth.score_against`):
+and scores it against the table's architectures (:func:`autoseg.analysis.ground_truth.score_against`):
 
 - ``percentile``: of its final metric among the table's (100: above every one);
 - ``regret``: the table's best minus its final metric;
@@ -33,16 +33,16 @@ from typing import Any
 import torch
 import yaml
 
-from autoseg.architecture import architecture_from_dict
+from autoseg.space.architecture import architecture_from_dict
 from autoseg.config import RetrainConfig, SearchConfig, from_dict, load_config, to_dict
 from autoseg.engine.checkpoint import load_checkpoint, resolve_device
 from autoseg.engine.one_shot import one_shot_scores
-from autoseg.errors import UserError
-from autoseg.files import read_json, write_json
-from autoseg.ground_truth import load_table, rows_of_seed, score_against, summary
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import read_json, write_json
+from autoseg.analysis.ground_truth import load_table, rows_of_seed, score_against, summary
 from autoseg.search.methods import SEARCH_METHODS
 from autoseg.search.spaces import get_space, space_signature
-from autoseg.search_quality import group_statistics, kendall_tau_b, metric_label
+from autoseg.analysis.search_quality import group_statistics, kendall_tau_b, metric_label
 from autoseg.tools import retrain as retrain_tool
 from autoseg.tools import search as search_tool
 from autoseg.tools.benchmark_search import SETTINGS_NAME, architecture_row, check_settings, ensure_run
@@ -54,7 +54,8 @@ ONE_SHOT_FILE = "one_shot.json"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The scoring tool's command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", required=True, help="a shipped table's name (autoseg/ground_truth/) or a table file")
+    parser.add_argument("--table", required=True,
+                        help="a shipped table's name (autoseg/analysis/ground_truth/) or a table file")
     parser.add_argument("--config", type=Path, help="search YAML (default: the one the table was drawn from)")
     parser.add_argument("--method", choices=list(SEARCH_METHODS), help="search method (default: the config's)")
     parser.add_argument("--searches", type=int, default=3, help="K: searches, seeds 0 .. K-1 (default 3)")

@@ -26,9 +26,9 @@ from autoseg.engine.search_loop import SearchRun
 from autoseg.engine.search_setup import (build_search_data, build_search_method, build_search_network,
                                          check_space_and_dataset)
 from autoseg.engine.task import build_task
-from autoseg.errors import UserError
-from autoseg.expected_cost import build_trellis_cost, with_cost
-from autoseg.process import world_size
+from autoseg.utils.errors import UserError
+from autoseg.analysis.expected_cost import build_trellis_cost, with_cost
+from autoseg.utils.process import world_size
 from autoseg.search.methods import SEARCH_METHODS, method_defaults
 
 SEARCH_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "method": "train.method",

@@ -30,11 +30,11 @@ from typing import Any, Iterator
 
 import autoseg
 from autoseg import cli, config
-from autoseg.compilation import COMPILE_MODES
+from autoseg.utils.compilation import COMPILE_MODES
 from autoseg.data import dataset_default_config, list_datasets
 from autoseg.losses import LOSSES, list_losses
-from autoseg.ops import list_ops
-from autoseg.precision import AUTOCAST_DTYPES
+from autoseg.layers.ops import list_ops
+from autoseg.utils.precision import AUTOCAST_DTYPES
 from autoseg.search.methods import SEARCH_METHODS
 
 DOCS = Path(__file__).resolve().parents[1]
@@ -369,7 +369,7 @@ def draw_figures(out: Path) -> None:
 
     from autoseg.search.arch_history import history_entry, history_figure
     from autoseg.search.trellis_network import TrellisSearchNetwork
-    from autoseg.visualize import save_png
+    from autoseg.analysis.visualize import save_png
 
     torch.manual_seed(0)
     network = TrellisSearchNetwork(num_classes=3, layers=6, levels=4, blocks=3, filter_multiplier=2)

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from autoseg.config import config_problems, from_dict
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 from autoseg.search.methods.base import Evaluator, SearchMethod, SearchSchedule, UpdateTools
 from autoseg.search.methods.darts import Darts
 from autoseg.search.methods.darts_pt import DartsPt

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar, ContextManager, Sequence
 
 import torch
 
-from autoseg.architecture import Architecture
+from autoseg.space.architecture import Architecture
 from autoseg.config import Bounds
 from autoseg.search.architect import Architect, Batch, LossFn
 from autoseg.search.network import SearchNetwork

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from autoseg.config import Bounds
-from autoseg.genotype import num_edges
+from autoseg.space.genotype import num_edges
 from autoseg.search.methods.base import Evaluator, GradientMethod, SearchSchedule
 from autoseg.search.network import SearchNetwork
 

@@ -3,7 +3,7 @@ Neural Architecture Search", UAI 2019): the weight-sharing baseline a differenti
 beat.
 
 No architecture parameter is learnt. Every weight step trains the supernet's weights at one
-architecture drawn uniformly from the space (:mod:`autoseg.sampling`: a random cell, and in the
+architecture drawn uniformly from the space (:mod:`autoseg.space.sampling`: a random cell, and in the
 Auto-DeepLab space a uniform path), so the shared weights learn to serve the whole space. After
 every epoch the method draws ``candidates`` architectures (the same draws every epoch), scores
 each with the shared weights on ``eval_batches`` batches of half B (the task metric, supernet in
@@ -23,7 +23,7 @@ from typing import Any, ClassVar, ContextManager
 import numpy as np
 from tqdm import tqdm
 
-from autoseg.architecture import Architecture, architecture_from_dict
+from autoseg.space.architecture import Architecture, architecture_from_dict
 from autoseg.config import Bounds
 from autoseg.search.methods.base import Evaluator, SearchMethod
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 DEEPLAB_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 """The multi-scale inputs DeepLabv3 evaluates Cityscapes and PASCAL VOC with."""

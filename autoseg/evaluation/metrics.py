@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from autoseg.process import sum_tensor_
+from autoseg.utils.process import sum_tensor_
 
 
 def confusion_matrix(

@@ -21,9 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autoseg.errors import UserError
-from autoseg.files import atomic_write, read_json, write_json
-from autoseg.search_quality import (cost_matched_percentile, expected_best_of_k, group_statistics, percentile,
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import atomic_write, read_json, write_json
+from autoseg.analysis.search_quality import (cost_matched_percentile, expected_best_of_k, group_statistics, percentile,
                                     protocol_noise, regret)
 
 TABLE_DIR = Path(__file__).resolve().parent
@@ -80,7 +80,7 @@ def repeated_pairs(table: dict[str, Any]) -> list[tuple[float, float]]:
 def summary(table: dict[str, Any]) -> dict[str, Any]:
     """What the table says of its space: ``rows`` (all), ``architectures`` (rows of the first seed),
     the ``mean``, ``std``, ``best`` and ``median`` of their final metric, and the protocol's
-    ``noise`` (:func:`~autoseg.search_quality.protocol_noise`; None with fewer than two repeats)."""
+    ``noise`` (:func:`~autoseg.analysis.search_quality.protocol_noise`; None with fewer than two repeats)."""
     finals = sorted(row["final"] for row in rows_of_seed(table))
     pairs = repeated_pairs(table)
     middle = len(finals) // 2

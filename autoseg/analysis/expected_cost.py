@@ -4,7 +4,7 @@ A search decodes into an :class:`~autoseg.models.autodeeplab.AutoDeepLab` networ
 one cell per layer along a path through the trellis, and a DeepLabv3+ head on the last cell.
 Read the architecture as random — each edge of the cell takes op ``o`` with probability
 ``softmax(alpha)[edge, o]``, and the path is the Markov chain over levels whose transition
-probabilities are :func:`autoseg.trellis.transition_probabilities` of beta, started at the
+probabilities are :func:`autoseg.space.trellis.transition_probabilities` of beta, started at the
 stem (level 0) — and its Multi-Adds have the expectation :meth:`TrellisCost.expected_madds`:
 
 - stem: a constant;
@@ -20,7 +20,7 @@ stem (level 0) — and its Multi-Adds have the expectation :meth:`TrellisCost.ex
   cases are weighted by their probability.
 
 Every cost is profiled once, on the meta device, from the real modules of the decoded network
-(:func:`autoseg.profiling.count_madds`), so with one-hot alpha and beta the expectation is the
+(:func:`autoseg.analysis.profiling.count_madds`), so with one-hot alpha and beta the expectation is the
 exact count of the decoded network (``profile_model``); otherwise it equals the mean over
 architectures sampled from those distributions. The cost-aware search adds
 :class:`CostPenalty` to the architecture loss (see :class:`autoseg.config.CostConfig`).
@@ -35,19 +35,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.architecture import Architecture, NetworkArch
+from autoseg.space.architecture import Architecture, NetworkArch
 from autoseg.config import CostConfig, SearchConfig
-from autoseg.errors import UserError
-from autoseg.genotype import CellGenotype, num_edges
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import CellGenotype, num_edges
 from autoseg.models.autodeeplab import (FAMILY, STEM_CHANNELS, AutoDeepLabCell, AutoDeepLabStem,
                                         autodeeplab_from_arch, halve)
 from autoseg.models.deeplab_head import DeepLabV3PlusHead
 from autoseg.models.fixed_cell import edge_stride
-from autoseg.ops import build_op
-from autoseg.profiling import count_madds
+from autoseg.layers.ops import build_op
+from autoseg.analysis.profiling import count_madds
 from autoseg.search.spaces import get_space
 from autoseg.search.trellis_network import TrellisSearchNetwork
-from autoseg.trellis import node_exists, transition_probabilities
+from autoseg.space.trellis import node_exists, transition_probabilities
 
 PREPROCESSING_ONLY = CellGenotype.from_blocks([[("none", 1)]])
 """A cell whose only op costs nothing: profiling it counts the cell's preprocessing alone."""
@@ -60,7 +60,7 @@ def _meta(shape: Sequence[int]) -> torch.Tensor:
 class TrellisCost:
     """Multi-Adds of the networks a trellis decodes into, exact and expected.
 
-    The decoded cell concatenates all its blocks, as :func:`~autoseg.genotype.topk_cell`
+    The decoded cell concatenates all its blocks, as :func:`~autoseg.space.genotype.topk_cell`
     decodes it.
 
     Args:

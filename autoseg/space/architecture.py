@@ -1,6 +1,6 @@
 """Typed discrete architectures: the hierarchical :class:`NetworkArch`, and reading either kind.
 
-A DARTS search finds a :class:`~autoseg.genotype.Genotype` (a normal and a reduction cell,
+A DARTS search finds a :class:`~autoseg.space.genotype.Genotype` (a normal and a reduction cell,
 ``genotype.json``); a hierarchical (Auto-DeepLab) search finds a :class:`NetworkArch` (a
 network-level path through the trellis and one cell, ``arch.json``; docs/DESIGN.md §3). Both
 are immutable values with ``to_dict``/``from_dict`` and ``to_json``/``from_json``, and both
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
 
-from autoseg.errors import UserError
-from autoseg.files import read_json, write_json
-from autoseg.genotype import CellGenotype, Genotype
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import read_json, write_json
+from autoseg.space.genotype import CellGenotype, Genotype
 
 DEFAULT_FILTER_MULTIPLIER = 20
 """F of a retrained network when neither the architecture nor the user gives one (Auto-DeepLab-S)."""
@@ -72,7 +72,7 @@ class NetworkArch:
     ``edge_weights`` (PC-DARTS edge normalisation) and ``max_skip_connect`` (the P-DARTS cap)
     record the collapse guards that shaped the decoding, when they were on. ``cost`` is what
     the decoded network costs (``madds``, ``params``, at ``input_size`` with
-    ``filter_multiplier`` and ``num_classes``; :mod:`autoseg.expected_cost`), when counted.
+    ``filter_multiplier`` and ``num_classes``; :mod:`autoseg.analysis.expected_cost`), when counted.
     """
 
     path: tuple[int, ...]

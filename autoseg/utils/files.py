@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:

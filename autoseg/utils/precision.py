@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The values of the ``amp`` setting and the dtype each runs the autocast region in."""

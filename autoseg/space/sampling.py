@@ -9,7 +9,7 @@ decodes to, nothing more:
   it, with an op other than ``none`` drawn uniformly for each (the DARTS top-2 rule never keeps
   ``none`` and never takes a state twice);
 - a network path (hierarchical search): uniform over all paths of the trellis
-  (:mod:`autoseg.trellis`: first layer at level 0, or 0 or 1 with ``free_first_step``, at most
+  (:mod:`autoseg.space.trellis`: first layer at level 0, or 0 or 1 with ``free_first_step``, at most
   one level change per layer, below ``levels``). Each step is drawn in proportion to the number
   of paths that complete it, counted by dynamic programming, so every path has the same
   probability ``1 / count_paths(...)`` -- unlike a random walk, which favours paths through
@@ -25,11 +25,11 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from autoseg.architecture import Architecture, NetworkArch
+from autoseg.space.architecture import Architecture, NetworkArch
 from autoseg.config import DartsSearchModelConfig, SearchConfig, TrellisModelConfig
-from autoseg.errors import UserError
-from autoseg.genotype import CellGenotype, Genotype
-from autoseg.trellis import node_exists, predecessors
+from autoseg.utils.errors import UserError
+from autoseg.space.genotype import CellGenotype, Genotype
+from autoseg.space.trellis import node_exists, predecessors
 
 Seed = Union[int, np.random.Generator]
 """A seed, or a generator drawn from (and advanced) in place."""

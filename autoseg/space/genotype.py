@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from autoseg.errors import UserError
-from autoseg.files import write_json
+from autoseg.utils.errors import UserError
+from autoseg.utils.files import write_json
 
 Edge = tuple[str, int]
 

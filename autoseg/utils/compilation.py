@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """The modes of :func:`torch.compile` the ``compile`` setting may name."""

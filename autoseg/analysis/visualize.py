@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from autoseg.genotype import blocks_from_edges
-from autoseg.trellis import as_transition_array
+from autoseg.space.genotype import blocks_from_edges
+from autoseg.space.trellis import as_transition_array
 
 PATH_COLOR = "#d62728"
 """Colour of the decoded path and of the figure highlights."""
@@ -132,7 +132,7 @@ def trellis_figure(
 
     Every transition with non-zero probability out of a reachable node is a grey line whose
     width and opacity grow with its probability; nodes are dots, the stem a square, and
-    ``path`` (one level per layer, e.g. from :func:`autoseg.trellis.viterbi_path`) is drawn
+    ``path`` (one level per layer, e.g. from :func:`autoseg.space.trellis.viterbi_path`) is drawn
     bold in red.
 
     Raises:

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from autoseg.errors import UserError
+from autoseg.utils.errors import UserError
 
 MOVES: tuple[int, ...] = (-1, 0, 1)
 """Level change of each beta slot ``k`` (finer, same, coarser)."""

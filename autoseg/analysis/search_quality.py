@@ -7,7 +7,7 @@ architectures score above architectures drawn at random from the same space? Pur
 over the per-architecture results: group means and sample standard deviations, the plain
 verdict, and the table (Markdown) a benchmark prints and writes.
 
-Scoring against a ground-truth table of the space (:mod:`autoseg.ground_truth`; NAS-Bench-201,
+Scoring against a ground-truth table of the space (:mod:`autoseg.analysis.ground_truth`; NAS-Bench-201,
 Dong & Yang, ICLR 2020): a score's percentile among the table's, its regret to the table's best,
 its percentile among the table's architectures of similar cost, the expected best of k random
 architectures (random search with the same compute), Kendall's tau-b between two rankings (a
