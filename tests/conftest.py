@@ -21,8 +21,28 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one worker process per core (pyproject addopts): no oversubscription
 
 
+ONE_WORKER_FILES: dict[str, str] = {
+    "test_arch_history.py": "a module-scoped search",
+    "test_compilation.py": "the Inductor graphs its tests share (two workers would generate each one twice)",
+    "test_distributed.py": "a module-scoped two-process search",
+    "test_docs.py": "the site, built once",
+    "test_expected_cost.py": "the module-scoped cost model and DARTS_V2 cost report",
+    "test_fault_tolerance.py": "its forkserver, which imports the tools once",
+    "test_inference_tools.py": "a module-scoped retrained run",
+    "test_search_methods.py": "the module-scoped full searches",
+}
+"""Test files whose tests share an expensive module-level setup (a file whose module-scoped fixture is
+cheap, such as a few fake images, is left out): ``--dist loadgroup`` (pyproject addopts)
+runs each of them in one worker; every other test goes to whichever worker is free."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``cuda`` skip, with their reason, where no CUDA device is visible."""
+    """Tests of :data:`ONE_WORKER_FILES` share one xdist group per file; tests marked ``cuda`` skip, with
+    their reason, where no CUDA device is visible."""
+    for item in items:
+        if item.path.name in ONE_WORKER_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (none is visible); run on a GPU with python -m pytest -m cuda")

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT
 from fakes import write_retrain_checkpoint
 
+from autoseg.cli import main as cli_main
 from autoseg.space.architecture import NetworkArch, read_architecture
 from autoseg.data import dataset_eval_split, dataset_task, list_datasets
 from autoseg.engine.task import TASKS, Task
@@ -205,13 +206,15 @@ def test_importing_a_search_network_registers_no_retrain_model():
     assert done.stdout.strip() == "[]"
 
 
-def test_the_autoseg_command_runs_from_any_directory(tmp_path):
-    listing = subprocess.run([sys.executable, "-m", "autoseg.cli", "--help"], capture_output=True, text=True,
-                             cwd=tmp_path)
-    assert listing.returncode == 0 and "search" in listing.stdout and "retrain" in listing.stdout
+def test_the_autoseg_command_runs_from_any_directory(tmp_path, capsys):
     done = subprocess.run([sys.executable, "-m", "autoseg.cli", "retrain", "--dataset", "cifar10", "--dry-run"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["params"] == 3349342  # found its config from elsewhere
-    unknown = subprocess.run([sys.executable, "-m", "autoseg.cli", "serch"], capture_output=True, text=True)
-    assert unknown.returncode == 2 and "unknown tool 'serch'" in unknown.stderr
+    with pytest.raises(SystemExit) as listed:
+        cli_main(["--help"])
+    listing = capsys.readouterr().out
+    assert listed.value.code == 0 and "search" in listing and "retrain" in listing
+    with pytest.raises(SystemExit) as unknown:
+        cli_main(["serch"])
+    assert unknown.value.code == 2 and "unknown tool 'serch'" in capsys.readouterr().err

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import assert_same, write_tiny_cifar_search_config, write_tiny_search_config
+from conftest import assert_same, load_tool, write_tiny_cifar_search_config, write_tiny_search_config
 from darts_reference import REFERENCE_FILE, SEARCHES, run_reference_search
 
 from autoseg.config import SearchConfig, from_dict
@@ -100,26 +101,42 @@ def _method_config(tmp_path: Path, method: str, space: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def full_searches(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], tuple[Path, dict]]:
+    """``full_searches(method, space)``: the run directory of the uninterrupted contract search
+    (:func:`_method_config`) and the architecture the search returned, searched once for the module
+    (the decode test and the resume test both read it)."""
+    runs: dict[tuple[str, str], tuple[Path, dict]] = {}
+
+    def run(method: str, space: str) -> tuple[Path, dict]:
+        if (method, space) not in runs:
+            tmp = tmp_path_factory.mktemp(f"{method}-{space}")
+            config = _method_config(tmp, method, space)
+            written = load_tool("search").main(["--config", str(config), "--out", str(tmp / "full"), "--device", "cpu"])
+            runs[method, space] = tmp / "full", written
+        return runs[method, space]
+    return run
+
+
 @pytest.mark.parametrize("space", ["hierarchical", "cifar"])
 @pytest.mark.parametrize("method", list_methods())
-def test_every_method_searches_and_decodes_in_every_space(method, space, tool, tmp_path):
+def test_every_method_searches_and_decodes_in_every_space(method, space, full_searches, tool, tmp_path):
     """A short search writes its architecture, and `autoseg decode` of the checkpoint gives the same."""
-    config = _method_config(tmp_path, method, space)
-    written = tool("search")(["--config", str(config), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    run, written = full_searches(method, space)
     name = "arch.json" if space == "hierarchical" else "genotype.json"
-    assert json.loads((tmp_path / "run" / name).read_text()) == written
-    assert tool("decode")([str(tmp_path / "run"), "--out", str(tmp_path / "decoded")]) == written
+    assert json.loads((run / name).read_text()) == written
+    assert tool("decode")([str(run), "--out", str(tmp_path / "decoded")]) == written
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_every_method_resumes_a_stopped_search_bit_for_bit(method, tool, tmp_path):
+def test_every_method_resumes_a_stopped_search_bit_for_bit(method, full_searches, tool, tmp_path):
     config = _method_config(tmp_path, method, "hierarchical")
+    full, _ = full_searches(method, "hierarchical")
     search = tool("search")
-    search(["--config", str(config), "--out", str(tmp_path / "full"), "--device", "cpu"])
     search(["--config", str(config), "--out", str(tmp_path / "cut"), "--device", "cpu", "--max-steps", "6"])
     search(["--resume", str(tmp_path / "cut")])
-    assert_same(load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut"))
-    assert (tmp_path / "cut" / "arch.json").read_text() == (tmp_path / "full" / "arch.json").read_text()
+    assert_same(load_checkpoint(full), load_checkpoint(tmp_path / "cut"))
+    assert (tmp_path / "cut" / "arch.json").read_text() == (full / "arch.json").read_text()
 
 
 @pytest.mark.parametrize("method", list_methods())
