@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import autoseg
 from autoseg import cli, config
 from autoseg.utils.compilation import COMPILE_MODES
+from autoseg.analysis.ground_truth import list_tables, load_table, summary
 from autoseg.data import dataset_default_config, list_datasets
 from autoseg.losses import LOSSES, list_losses
 from autoseg.layers.ops import list_ops
@@ -340,6 +341,44 @@ def datasets_table() -> str:
     return table(["`--dataset`", "task", "reported on", "search config", "retrain config", "what it is"], rows)
 
 
+# -- ground-truth tables ---------------------------------------------------------------------
+
+def ground_truth_tables() -> str:
+    """The state of every shipped ground-truth table, read from its JSON: its size against its
+    target, the parts that built it, the summary of its first-seed rows and every row."""
+    sections = []
+    for name in list_tables():
+        data = load_table(name)
+        rows, stats, parts = data["rows"], summary(data), data["parts"]
+        target = max(part["architectures"] for part in parts), max(part["repeats"] for part in parts)
+        noise = stats["noise"]
+        noise_text = ("fewer than two repeated draws: not measured yet" if noise is None else
+                      f"{noise['n']} repeated draws, standard deviation of one retraining "
+                      f"{noise['retrain_std']:.2f} points")
+        lines = [f"#### `{name}`", "",
+                 f"{len(rows)} rows: {stats['architectures']} architectures of the target {target[0]}, "
+                 f"{len(rows) - stats['architectures']} repeats of the target {target[1]}. First-seed final "
+                 f"{rows[0]['metric']}: mean {stats['mean']:.2f} ± {stats['std']:.2f}, median {stats['median']:.2f}, "
+                 f"best {stats['best']:.2f}; protocol noise: {noise_text}.", ""]
+        part_rows = []
+        for index, part in enumerate(parts):
+            built = [row for row in rows if row["part"] == index]
+            seconds = sum(row["wall_seconds"] for row in built) / len(built) if built else None
+            machine = part["machine"]
+            part_rows.append([str(index), part["date"][:10], code(str(part["code_version"])),
+                              escape(f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} "
+                                     f"thread(s), GPU {machine['gpu'] or 'none'}"),
+                              str(len(built)), "" if seconds is None else f"{seconds:,.0f}"])
+        lines += [table(["part", "date", "code", "machine", "rows", "s per row"], part_rows), ""]
+        lines.append(table(["draw", "seed", f"final {rows[0]['metric']}", "path strides", "Multi-Adds", "params",
+                            "`skip_connect`", "part"],
+                           [[str(row["index"]), str(row["seed"]), f"{row['final']:.2f}",
+                             " ".join(map(str, row["strides"])), f"{row['madds'] / 1e6:,.1f} M", f"{row['params']:,}",
+                             f"{row['skip_connect']}/{row['edges']}", str(row["part"])] for row in rows]))
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"
+
+
 # -- API -------------------------------------------------------------------------------------
 
 def api_modules() -> list[str]:
@@ -409,6 +448,7 @@ def generate(app: Any = None) -> None:
     write_pages(TOOLS_DIR, "*.md", {**{f"{tool}.md": tool_page(tool) for tool in cli.TOOLS}, "index.md": tools_index()})
     write_if_changed(GENERATED_DIR / "configuration.md", configuration_reference())
     write_if_changed(GENERATED_DIR / "datasets.md", datasets_table())
+    write_if_changed(GENERATED_DIR / "ground_truth_tables.md", ground_truth_tables())
     write_pages(API_DIR, "autoseg*.md", {f"{module}.md": api_page(module) for module in api_modules()})
     write_if_changed(GENERATED_DIR / "api_index.md", api_index())
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
