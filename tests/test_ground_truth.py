@@ -8,11 +8,13 @@ import math
 import pytest
 from conftest import TINY_TRELLIS, write_config
 
-from autoseg.config import SearchConfig, load_config
+from autoseg.cli import CONFIG_DIR
+from autoseg.config import RetrainConfig, SearchConfig, load_config, to_dict
 from autoseg.utils.errors import UserError
 from autoseg.analysis.ground_truth import (CSV_COLUMNS, list_tables, load_table, repeated_pairs, rows_of_seed,
                                            score_against, summary)
 from autoseg.space.sampling import sample_architectures
+from autoseg.tools.ground_truth import protocol_differences
 from autoseg.analysis.search_quality import (cost_matched_percentile, expected_best_of_k, kendall_tau_b, percentile,
                                     protocol_noise, regret)
 
@@ -201,3 +203,16 @@ def test_a_spent_time_budget_starts_no_row(tool, tiny_synthetic_config, tiny_ret
                                   "-n", "2", "--table", str(table_file), "--time-budget", "1e-9"])
     assert table["rows"] == [] and not table_file.exists() and not (tmp_path / "runs").exists()
     assert "time budget of 0 s spent" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list_tables())
+def test_a_shipped_table_continues_under_its_shipped_retrain_config(name):
+    """Tables built before losses had their own options (flat ``loss.ohem_threshold`` ... keys in the
+    stored protocol) compare equal to today's reading of the same config; another loss differs."""
+    table = load_table(name)
+    current = {**table["protocol"],
+               "retrain_config": to_dict(load_config(CONFIG_DIR / "retrain" / f"{name}.yaml", RetrainConfig))}
+    assert protocol_differences(table["protocol"], current) == []
+    current["retrain_config"]["loss"] = {"name": "focal", "options": {"gamma": 1.0}, "class_weights": None}
+    assert protocol_differences(table["protocol"], current) == ["retrain_config.loss.name",
+                                                                "retrain_config.loss.options.gamma"]

@@ -40,7 +40,7 @@ import torch
 
 import autoseg
 from autoseg.space.architecture import Architecture, architecture_from_dict
-from autoseg.config import RetrainConfig, to_dict
+from autoseg.config import RetrainConfig, from_dict, to_dict
 from autoseg.utils.errors import UserError
 from autoseg.utils.files import read_json
 from autoseg.analysis.ground_truth import FORMAT, write_table
@@ -124,12 +124,20 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _resolved(protocol: dict[str, Any]) -> dict[str, Any]:
+    """``protocol`` with its retrain config read as today's config reads a saved run's (the keys of
+    earlier versions moved where they live now, e.g. the flat ``loss.ohem_threshold`` into
+    ``loss.options``), so that a table built by an earlier autoseg compares setting by setting."""
+    return {**protocol, "retrain_config": to_dict(from_dict(RetrainConfig, protocol["retrain_config"],
+                                                            "the table's retrain config"))}
+
+
 def protocol_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The keys (dotted) in which two protocols differ, :data:`PLACE_KEYS` aside. A retrain setting
     that only one of them has counts when its value differs from the setting's default (a setting
     a later autoseg added, left at its default, trains as before it existed)."""
     defaults = _flat(to_dict(RetrainConfig()))
-    first, second = _flat(stored), _flat(current)
+    first, second = _flat(_resolved(stored)), _flat(_resolved(current))
     differ = []
     for key in sorted(first.keys() | second.keys()):
         if key.removeprefix("retrain_config.") in PLACE_KEYS:
