@@ -189,9 +189,26 @@ def test_the_table_is_built_in_parts_resumed_and_guarded(tool, tiny_synthetic_co
     assert table_file.stat().st_mtime_ns == stamp
 
 
+def test_parallel_jobs_build_the_rows_one_process_builds(tool, tiny_synthetic_config, tiny_retrain_config, tmp_path):
+    argv = ["--config", str(tiny_synthetic_config), "--retrain-config", str(tiny_retrain_config), "-n", "2",
+            "--repeats", "1", "--device", "cpu"]
+    parallel = tool("ground_truth")([*argv, "--table", str(tmp_path / "parallel.json"), "--jobs", "2"])
+    serial = tool("ground_truth")([*argv, "--table", str(tmp_path / "serial.json")])
+    assert [(r["index"], r["seed"]) for r in parallel["rows"]] == [(0, 3), (0, 4), (1, 3)]
+    for mine, theirs in zip(parallel["rows"], serial["rows"]):
+        assert {k: v for k, v in mine.items() if k not in ("final", "best", "best_epoch", "wall_seconds")} == \
+               {k: v for k, v in theirs.items() if k not in ("final", "best", "best_epoch", "wall_seconds")}
+        assert mine["final"] == pytest.approx(theirs["final"], abs=1.0)  # the thread count may differ
+    machine = parallel["parts"][0]["machine"]
+    assert machine["jobs"] == 2 and machine["torch_threads"] == max(1, machine["cores"] // 2)
+    assert json.loads((tmp_path / "parallel.json").read_text()) == parallel
+
+
 def test_bad_numbers_are_refused_at_once(tool, tmp_path):
     with pytest.raises(UserError, match=r"--repeats must lie in 0 .. N \(2\), got 3.*--limit must be at least 1"):
         tool("ground_truth")(["-n", "2", "--repeats", "3", "--limit", "0", "--table", str(tmp_path / "t.json")])
+    with pytest.raises(UserError, match="--jobs must be at least 1, got 0"):
+        tool("ground_truth")(["--jobs", "0", "--table", str(tmp_path / "t.json")])
     with pytest.raises(UserError, match="--table must name a .json file"):
         tool("ground_truth")(["--table", str(tmp_path / "t.csv")])
     assert not any(tmp_path.iterdir())

@@ -21,11 +21,18 @@ stopped half-way (its run directory is under --work); a table built under anothe
 refused. --limit K stops after K new rows, --time-budget SECONDS before a row that would not end
 within the budget (judged by this command's mean time per row). Run directories are removed once
 their row is written, unless --keep-runs.
+
+--jobs J retrains J rows at once, each in a process of its own with (CPU cores / J) torch threads
+(on a GPU, J processes share it): rows then end out of order, and each is written as it ends. A
+part records its J and its processes' thread count; rows retrained with another thread count or on
+another device differ by noise of the kind the repeated rows measure.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
+import multiprocessing
 import os
 import platform
 import shlex
@@ -77,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, help="where the retrainings run (default runs/ground_truth/<table name>)")
     parser.add_argument("--keep-runs", action="store_true", help="keep each retraining's run directory")
     parser.add_argument("--limit", type=int, help="stop after K new rows")
+    parser.add_argument("--jobs", type=int, default=1, metavar="J",
+                        help="rows retrained at once, each in its own process (default 1: in this process)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS",
                         help="start no row that would end after this many seconds")
     parser.add_argument("--data-root", help="where the dataset lives")
@@ -97,6 +106,8 @@ def _check_args(args: argparse.Namespace) -> None:
         problems.append(f"--repeats must lie in 0 .. N ({args.architectures}), got {args.repeats}")
     if args.limit is not None and args.limit < 1:
         problems.append(f"--limit must be at least 1, got {args.limit}")
+    if args.jobs < 1:
+        problems.append(f"--jobs must be at least 1, got {args.jobs}")
     if args.time_budget is not None and args.time_budget <= 0:
         problems.append(f"--time-budget must be positive, got {args.time_budget}")
     if args.table.suffix != ".json":
@@ -176,11 +187,40 @@ def provenance(argv: list[str], args: argparse.Namespace) -> dict[str, Any]:
     return {"command": shlex.join(["autoseg", "ground_truth", *argv]), "autoseg": autoseg.__version__,
             "code_version": _git_version(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
-            "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": worker_threads(args.jobs),
+                        "jobs": args.jobs, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                         "platform": platform.platform()},
             "torch": torch.__version__, "python": sys.version.split()[0],
             "architectures": args.architectures, "repeats": args.repeats}
+
+
+def worker_threads(jobs: int) -> int:
+    """The torch threads a retraining runs with: this process's with one job, else the CPU's cores
+    shared out between the jobs (at least one each)."""
+    return torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+
+
+class InProcessExecutor(concurrent.futures.Executor):
+    """Runs each submitted call at once, in this process (``--jobs 1``), returning its finished future."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Call ``fn(*args, **kwargs)`` now; its result or its exception in a done future."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # handed to whoever reads the future, as a process pool does
+            future.set_exception(error)
+        return future
+
+
+def retraining_executor(jobs: int) -> concurrent.futures.Executor:
+    """Where rows are retrained: in this process (one job), or a pool of ``jobs`` fresh processes
+    (spawned, so that no CUDA or thread state is inherited) with :func:`worker_threads` threads each."""
+    if jobs == 1:
+        return InProcessExecutor()
+    return concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=torch.set_num_threads,
+                                                  initargs=(worker_threads(jobs),))
 
 
 def open_table(path: Path, header: dict[str, Any], archs: list[Architecture]) -> dict[str, Any]:
@@ -238,26 +278,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = {(row["index"], row["seed"]) for row in table["rows"]}
     todo = [key for key in schedule(args.architectures, args.repeats, seeds) if key not in done]
     part = provenance(argv, args)
-    start, durations = time.perf_counter(), []
-    for index, seed in todo:
-        if args.limit is not None and len(durations) >= args.limit:
-            break
-        expected = sum(durations) / len(durations) if durations else 0.0
-        if args.time_budget is not None and time.perf_counter() - start + expected > args.time_budget:
-            print(f"time budget of {args.time_budget:.0f} s spent", flush=True)
-            break
-        row_start = time.perf_counter()
-        run = work / f"arch_{index:04d}_seed_{seed}"
-        print(f"== draw {index} seed {seed} ({len(durations) + 1}/{len(todo)} to do): {run}", flush=True)
-        row = retrain_row(index, seed, archs[index], retrain_argv, run)
-        if not durations:
-            table["parts"].append(part)
-        table["rows"].append({**row, "part": len(table["parts"]) - 1})
-        table["rows"].sort(key=lambda r: (r["index"], r["seed"]))
-        write_table(table, args.table)
-        if not args.keep_runs:
-            shutil.rmtree(run)
-        durations.append(time.perf_counter() - row_start)
+    start, durations, failure = time.perf_counter(), [], None
+    queue = iter(todo)
+    with retraining_executor(args.jobs) as pool:
+        running: dict[concurrent.futures.Future, tuple[Path, float]] = {}  # its run directory, when it started
+        while True:
+            while failure is None and len(running) < args.jobs:
+                if args.limit is not None and len(durations) + len(running) >= args.limit:
+                    break
+                expected = sum(durations) / len(durations) if durations else 0.0
+                if args.time_budget is not None and time.perf_counter() - start + expected > args.time_budget:
+                    print(f"time budget of {args.time_budget:.0f} s spent", flush=True)
+                    break
+                index, seed = next(queue, (None, None))
+                if index is None:
+                    break
+                run = work / f"arch_{index:04d}_seed_{seed}"
+                print(f"== draw {index} seed {seed} ({len(durations) + len(running) + 1}/{len(todo)} to do): {run}",
+                      flush=True)
+                submitted = time.perf_counter()
+                running[pool.submit(retrain_row, index, seed, archs[index], retrain_argv, run)] = run, submitted
+            if not running:
+                break
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                run, submitted = running.pop(future)
+                if future.exception() is not None:
+                    failure = failure or future.exception()  # let the other rows end, then raise it
+                    continue
+                if not durations:
+                    table["parts"].append(part)
+                table["rows"].append({**future.result(), "part": len(table["parts"]) - 1})
+                table["rows"].sort(key=lambda r: (r["index"], r["seed"]))
+                write_table(table, args.table)
+                if not args.keep_runs:
+                    shutil.rmtree(run)
+                durations.append(time.perf_counter() - submitted)
+    if failure is not None:
+        raise failure
     if not args.keep_runs and work.is_dir() and not any(work.iterdir()):
         work.rmdir()
     left = len(todo) - len(durations)

@@ -366,8 +366,8 @@ def ground_truth_tables() -> str:
             seconds = sum(row["wall_seconds"] for row in built) / len(built) if built else None
             machine = part["machine"]
             part_rows.append([str(index), part["date"][:10], code(str(part["code_version"])),
-                              escape(f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} "
-                                     f"thread(s), GPU {machine['gpu'] or 'none'}"),
+                              escape(f"{machine['cpu']}, {machine['cores']} cores, {machine.get('jobs', 1)} "
+                                     f"job(s) of {machine['torch_threads']} thread(s), GPU {machine['gpu'] or 'none'}"),
                               str(len(built)), "" if seconds is None else f"{seconds:,.0f}"])
         lines += [table(["part", "date", "code", "machine", "rows", "s per row"], part_rows), ""]
         lines.append(table(["draw", "seed", f"final {rows[0]['metric']}", "path strides", "Multi-Adds", "params",
