@@ -184,10 +184,9 @@ def build_loss(config: LossConfig, num_classes: int, ignore_index: int = IGNORE_
 
     ``ce`` without weights is exactly ``nn.CrossEntropyLoss(ignore_index=ignore_index)``.
     """
-    options = loss_options(config)
-    loss = get_loss(config.name)
+    options, loss = loss_options(config), get_loss(config.name)
     weight = None
-    _check_takes_weights(loss, class_weights)
+    _check_takes_weights(loss, class_weights)  # resolved weights may come without config.class_weights
     if class_weights is not None:
         weight = torch.as_tensor(class_weights, dtype=torch.float32)
         if weight.shape != (num_classes,) or bool((weight < 0).any()) or not bool(weight.sum() > 0):

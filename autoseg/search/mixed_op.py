@@ -150,7 +150,7 @@ class MixedCell(nn.Module):
         rows = [num_edges(block) + state for state, blocks in enumerate(self.targets) for block in blocks]
         assert sorted(rows) == list(range(num_edges(num_blocks)))
         self.register_buffer("rows", torch.tensor(rows), persistent=False)
-        self.row_order = rows
+        self.row_order = rows  # the same rows, for indexing the host-side mask of chosen ops without a device copy
         self.chosen: torch.Tensor | None = None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
