@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import yaml
+
 from autoseg.utils.compilation import COMPILE_MODES
 from autoseg.config import DataConfig, load_config, override, save_config, validate_config
 from autoseg.data import dataset_default_config, list_datasets
@@ -63,6 +65,22 @@ def add_compile_argument(parser: argparse.ArgumentParser, off_switch: bool = Tru
     if off_switch:
         parser.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                             help="run eagerly (the default; for a resumed run that was compiled)")
+
+
+def method_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--method-option`` as a (key, value) pair, the value read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. single_path=false), got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def add_method_option_argument(parser: argparse.ArgumentParser) -> None:
+    """``--method-option KEY=VALUE`` (repeatable): a setting of the search method, as in the config's
+    ``method_options``; ``args.method_option`` is a list of (key, value) pairs, or None when absent."""
+    parser.add_argument("--method-option", action="append", type=method_option, metavar="KEY=VALUE",
+                        help="a setting of the search method (as in method_options, the value read as YAML), "
+                             "e.g. single_path=false or interval=0.125; repeatable")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

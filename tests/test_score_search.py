@@ -57,3 +57,16 @@ def test_a_search_of_another_space_is_refused_before_anything_runs(tool, tmp_pat
     with pytest.raises(UserError, match="is not the table's"):
         tool("score_search")(["--table", str(table), "--config", str(other), "--out", str(tmp_path / "score")])
     assert not (tmp_path / "score").exists()
+
+
+def test_method_options_reach_every_search_and_belong_to_the_scorings_settings(tool, tmp_path):
+    table = _tiny_table(tmp_path)
+    out = tmp_path / "score"
+    base = ["--table", str(table), "--searches", "1", "--out", str(out), "--device", "cpu", "--max-steps", "2",
+            "--method", "random_ws"]
+    results = tool("score_search")([*base, "--method-option", "candidates=2", "--method-option", "eval_batches=1"])
+    searched = load_checkpoint(out / "searched_0" / "search")["config"]
+    assert results["method"] == "random_ws" and searched["method_options"] == {"candidates": 2, "eval_batches": 1}
+    assert results["settings"]["method_options"] == {"candidates": 2, "eval_batches": 1}
+    with pytest.raises(UserError, match="method_options differ"):  # another scoring, not this one continued
+        tool("score_search")([*base, "--method-option", "candidates=3", "--method-option", "eval_batches=1"])

@@ -83,6 +83,27 @@ def test_search_help_lists_every_registered_method(capsys, tool):
     assert all(name in out for name in list_methods())
 
 
+def test_method_options_on_the_command_line_are_checked_before_a_run_starts(tool, tmp_path):
+    config = write_tiny_search_config(tmp_path / "a.yaml")
+    search = load_tool("search")
+    args = search.parse_args(["--config", str(config), "--method", "random_ws", "--method-option", "candidates=3",
+                              "--method-option", "eval_batches=1"])
+    assert search.resolve_config(args).method_options == {"candidates": 3, "eval_batches": 1}
+    with pytest.raises(UserError, match="unknown key.*candidate.*random_ws"):
+        tool("search")(["--config", str(config), "--method", "random_ws", "--method-option", "candidate=3",
+                        "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_search_refuses_new_method_settings(tool, tmp_path):
+    run = tmp_path / "run"
+    tool("search")(["--config", str(write_tiny_search_config(tmp_path / "a.yaml")), "--out", str(run),
+                    "--device", "cpu", "--max-steps", "1"])
+    for flags in (["--method-option", "unrolled=true"], ["--unrolled"]):
+        with pytest.raises(UserError, match="keeps the method settings of its config.yaml"):
+            tool("search")(["--resume", str(run), *flags])
+
+
 # -- every registered method, in every search space ---------------------------------------------
 
 CONTRACT_OPTIONS = {"darts_pt": {"interval": 0.125, "eval_batches": 1},

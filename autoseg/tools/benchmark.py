@@ -37,9 +37,8 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import torch
-import yaml
 
-from autoseg.cli import CONFIG_DIR, add_amp_argument, add_compile_argument
+from autoseg.cli import CONFIG_DIR, add_amp_argument, add_compile_argument, add_method_option_argument
 from autoseg.utils.compilation import check_compile, compiled
 from autoseg.config import (DartsSearchModelConfig, SearchConfig, TrainConfig, TrellisModelConfig, load_config,
                             validate_config)
@@ -49,14 +48,6 @@ from autoseg.models.spec import build_model, model_spec
 from autoseg.utils.precision import autocast, check_amp, grad_scaler, scaled_step
 from autoseg.analysis.profiling import kernel_ops, saved_activation_bytes
 from autoseg.search.methods import SEARCH_METHODS, SearchSchedule, UpdateTools, build_method
-
-
-def method_option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` of ``--method-option`` as a (key, value) pair, the value read as YAML."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. single_path=false), got {text!r}")
-    return key, yaml.safe_load(value)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,9 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_compile_argument(p, off_switch=False)
     p.add_argument("--method", choices=list(SEARCH_METHODS), default="darts",
                    help="search method whose steps to time (default darts; its default settings)")
-    p.add_argument("--method-option", action="append", default=[], type=method_option, metavar="KEY=VALUE",
-                   help="a setting of the method (as in method_options, the value read as YAML), e.g. "
-                        "single_path=false; repeatable")
+    add_method_option_argument(p)
     p.add_argument("--unrolled", action="store_true", help="time the second-order architecture step (darts)")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cells in backward (hierarchical)")
     p.add_argument("--selective-checkpoint", action="store_true",
@@ -224,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4, foreach=True)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-3, weight_decay=1e-3)
     w_scaler = grad_scaler(device, args.amp)
-    options = {**({"unrolled": True} if args.unrolled else {}), **dict(args.method_option)}
+    options = {**({"unrolled": True} if args.unrolled else {}), **dict(args.method_option or [])}
     method = build_method(args.method, options, model,
                           SearchSchedule(epochs=10**6, warmup_epochs=0, seed=0))  # steps only: any length fits
     method.prepare(UpdateTools(criterion, a_opt, w_opt, grad_scaler(device, args.amp), None, forward))

@@ -110,7 +110,7 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
     if file.exists():
         before = read_json(file, "benchmark settings")
         if before != settings:
-            changed = sorted(key for key in settings if before.get(key) != settings[key])
+            changed = sorted(key for key in {*before, *settings} if before.get(key) != settings.get(key))
             raise UserError(f"{out} holds a benchmark with other settings ({', '.join(changed)} differ); "
                             "continue it with the same configs and flags, or choose another --out")
     elif out.exists() and any(out.iterdir()):

@@ -1,6 +1,7 @@
 """Score a search method against the ground-truth table of its search space.
 
     autoseg score_search --table synthetic --method gdas --searches 3 --out runs/score/gdas
+    autoseg score_search --table synthetic --method darts_pt --method-option interval=0.125 --out runs/score/pt
     autoseg score_search --table synthetic --config my_search.yaml --searches 3 --out runs/score/mine
     autoseg score_search ... --out runs/score/gdas        # again: continues, skips finished runs
 
@@ -26,6 +27,7 @@ finished are not repeated and stopped ones resume, so the same command continues
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 import yaml
 
+from autoseg.cli import add_method_option_argument
 from autoseg.space.architecture import architecture_from_dict
 from autoseg.config import RetrainConfig, SearchConfig, from_dict, load_config, to_dict
 from autoseg.engine.checkpoint import load_checkpoint, resolve_device
@@ -58,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a shipped table's name (autoseg/analysis/ground_truth/) or a table file")
     parser.add_argument("--config", type=Path, help="search YAML (default: the one the table was drawn from)")
     parser.add_argument("--method", choices=list(SEARCH_METHODS), help="search method (default: the config's)")
+    add_method_option_argument(parser)
     parser.add_argument("--searches", type=int, default=3, help="K: searches, seeds 0 .. K-1 (default 3)")
     parser.add_argument("--out", type=Path, required=True, help="scoring directory (created, or continued)")
     parser.add_argument("--one-shot", type=int, metavar="N",
@@ -159,12 +163,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise UserError(f"the search config's space {space_signature(given)} is not the table's "
                         f"{space_signature(table_search)}: search the space the table was drawn from")
     # the table's rows are not part of the settings: a grown table rescores the same runs
+    options = dict(args.method_option or [])
     check_settings(out, {"table": table["protocol"], "search_config": to_dict(given), "method": args.method,
+                         **({"method_options": options} if options else {}),
                          "max_steps": args.max_steps, "one_shot": args.one_shot})
     search_file = args.config or _write_yaml(to_dict(table_search), out / "protocol" / "search.yaml")
     common = [*(["--data-root", args.data_root] if args.data_root else []),
               *(["--device", args.device] if args.device else [])]
-    search_argv = ["--config", str(search_file), *common, *(["--method", args.method] if args.method else [])]
+    search_argv = ["--config", str(search_file), *common, *(["--method", args.method] if args.method else []),
+                   *[f"--method-option={key}={json.dumps(value)}" for key, value in options.items()]]  # JSON is YAML
     search_config = search_tool.resolve_config(search_tool.parse_args(search_argv))
     retrain_file = _write_yaml(_protocol_retrain_config(table, args), out / "protocol" / "retrain.yaml")
     retrain_argv = ["--config", str(retrain_file), *common]

@@ -6,6 +6,7 @@ segmentation data, with a search method from the registry (--method; default dar
     autoseg search --dataset cityscapes --data-root DIR
     autoseg search --dataset synthetic --target-madds 4e8   # cost-aware: decoded network <= 0.4 G Multi-Adds
     autoseg search --dataset synthetic --method gdas   # another search method
+    autoseg search --dataset synthetic --method random_ws --method-option candidates=20   # its settings
     autoseg search --resume runs/search/<run>          # continue a stopped run
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ import json
 
 import torch
 
-from autoseg.cli import (COMMON_FLAGS, add_common_arguments, apply_overrides, choose_run_dir,
-                         default_config, default_configs_help, resumed_config, start_run,
+from autoseg.cli import (COMMON_FLAGS, add_common_arguments, add_method_option_argument, apply_overrides,
+                         choose_run_dir, default_config, default_configs_help, resumed_config, start_run,
                          stopped_message)
 from autoseg.config import SearchConfig, load_config
 from autoseg.data.check import require_valid_data
@@ -29,7 +30,7 @@ from autoseg.engine.task import build_task
 from autoseg.utils.errors import UserError
 from autoseg.analysis.expected_cost import build_trellis_cost, with_cost
 from autoseg.utils.process import world_size
-from autoseg.search.methods import SEARCH_METHODS, method_defaults
+from autoseg.search.methods import SEARCH_METHODS, method_defaults, method_settings
 
 SEARCH_FLAGS = {**COMMON_FLAGS, "amp": "train.amp", "method": "train.method",
                 "warmup_epochs": "train.warmup_epochs", "filter_multiplier": "model.filter_multiplier",
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--unrolled", action="store_true", default=None,
                         help="second-order (unrolled) architecture gradient of the darts method "
                              "(method_options.unrolled)")
+    add_method_option_argument(parser)
     parser.add_argument("--warmup-epochs", type=int, help="epochs that update the weights only")
     parser.add_argument("--filter-multiplier", type=int, help="F of the trellis (hierarchical mode)")
     parser.add_argument("--layers", type=int, help="number of layers (cells) of the supernet")
@@ -65,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> SearchConfig:
     """The experiment: the saved config when resuming, else the YAML file plus the flags."""
     if args.resume is not None:
+        if args.unrolled or args.method_option:
+            raise UserError("a resumed search keeps the method settings of its config.yaml: drop --unrolled and "
+                            "--method-option, or start a new search with them")
         return resumed_config(args, SearchConfig, SEARCH_FLAGS)
     cfg = load_config(args.config or default_config("search", args.dataset), SearchConfig)
     for dest in ("filter_multiplier", "target_madds"):
@@ -73,6 +78,8 @@ def resolve_config(args: argparse.Namespace) -> SearchConfig:
     apply_overrides(cfg, args, SEARCH_FLAGS)
     if args.unrolled:
         cfg.method_options["unrolled"] = True
+    cfg.method_options.update(args.method_option or [])
+    method_settings(cfg.train.method, cfg.method_options)  # a wrong setting fails before a run starts
     return cfg
 
 

@@ -50,7 +50,10 @@ def method_settings(name: str, options: dict[str, Any] | None) -> Any:
     """The settings of method ``name`` from a config's ``method_options``: unknown keys, wrong
     types and values out of range are UserErrors naming the key."""
     settings_type = get_method(name).Settings
-    settings = from_dict(settings_type, options or {}, "method_options")
+    try:
+        settings = from_dict(settings_type, options or {}, "method_options")
+    except UserError as error:
+        raise UserError(f"{error} (settings of search method {name!r})") from None
     problems = config_problems(settings, "method_options")
     if problems:
         raise UserError(f"{'; '.join(problems)} (settings of search method {name!r})")
