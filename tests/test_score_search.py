@@ -7,6 +7,8 @@ import pytest
 import yaml
 from conftest import write_tiny_retrain_config, write_tiny_search_config
 
+from autoseg.analysis.ground_truth import load_table
+from autoseg.analysis.ground_truth.scorings import list_scorings, load_scoring, rescore
 from autoseg.config import RetrainConfig, SearchConfig, load_config, to_dict
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.utils.errors import UserError
@@ -46,6 +48,21 @@ def test_a_search_is_retrained_under_the_tables_protocol_and_scored_against_it(t
     assert results["method"] == "darts" and "percentile" in (out / "results.md").read_text()
     again = tool("score_search")(["--table", str(table), "--searches", "1", "--out", str(out), "--device", "cpu"])
     assert again["searches"][0]["one_shot"] == row["one_shot"] and again["searches"][0]["final"] == row["final"]
+    assert results["provenance"]["command"].startswith("autoseg score_search --table")
+
+    # shipped, the results are scored again against the table as it grows
+    data = json.loads(table.read_text())
+    now = rescore(results, data)["searches"][0]
+    assert now["percentile"] == row["score"]["percentile"] and now["kendall_tau"] == row["one_shot"]["kendall_tau"]
+    data["rows"] += [{**data["rows"][0], "index": 5 + i, "final": final} for i, final in enumerate((90.0, 95.0))]
+    grown = rescore(results, data)["searches"][0]
+    finals = FINALS + [90.0, 95.0]
+    below = sum(f < row["final"] for f in finals) + 0.5 * sum(f == row["final"] for f in finals)
+    assert grown["percentile"] == pytest.approx(100 * below / 7) and grown["regret"] == pytest.approx(95 - row["final"])
+    assert grown["kendall_tau"] == row["one_shot"]["kendall_tau"] and grown["one_shot_n"] == 5
+    data["protocol"]["retrain_seeds"] = [7, 8]
+    with pytest.raises(UserError, match="another protocol"):
+        rescore(results, data)
 
 
 def test_a_search_of_another_space_is_refused_before_anything_runs(tool, tmp_path):
@@ -70,3 +87,12 @@ def test_method_options_reach_every_search_and_belong_to_the_scorings_settings(t
     assert results["settings"]["method_options"] == {"candidates": 2, "eval_batches": 1}
     with pytest.raises(UserError, match="method_options differ"):  # another scoring, not this one continued
         tool("score_search")([*base, "--method-option", "candidates=3", "--method-option", "eval_batches=1"])
+
+
+@pytest.mark.parametrize("table_name,method", list_scorings())
+def test_every_shipped_scoring_rescores_against_its_shipped_table(table_name, method):
+    scoring = load_scoring(table_name, method)
+    result = rescore(scoring, load_table(table_name))
+    assert result["method"] == method and len(result["searches"]) >= 3
+    assert all(0 <= search["percentile"] <= 100 for search in result["searches"])
+    assert scoring["provenance"]["code_version"]  # where the figures came from

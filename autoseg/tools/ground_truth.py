@@ -31,13 +31,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import multiprocessing
 import os
-import platform
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,8 +41,8 @@ from typing import Any
 
 import torch
 
-import autoseg
 from autoseg.space.architecture import Architecture, architecture_from_dict
+from autoseg.utils.provenance import provenance
 from autoseg.config import RetrainConfig, from_dict, to_dict
 from autoseg.utils.errors import UserError
 from autoseg.utils.files import read_json
@@ -159,38 +155,10 @@ def protocol_differences(stored: dict[str, Any], current: dict[str, Any]) -> lis
     return differ
 
 
-def _git_version() -> str | None:
-    """``git describe --always --dirty`` of the checkout autoseg runs from, or None outside one."""
-    try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(autoseg.__file__).parent,
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() or None
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def provenance(argv: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """Who built a part of the table, and how: command, code version, machine, torch, date."""
-    return {"command": shlex.join(["autoseg", "ground_truth", *argv]), "autoseg": autoseg.__version__,
-            "code_version": _git_version(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"),
-            "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": worker_threads(args.jobs),
-                        "jobs": args.jobs, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                        "platform": platform.platform()},
-            "torch": torch.__version__, "python": sys.version.split()[0],
+def part_record(argv: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Who built a part of the table, and how: command, code version, machine, torch, date, and the
+    size the part was asked to reach."""
+    return {**provenance(["autoseg", "ground_truth", *argv], worker_threads(args.jobs), args.jobs),
             "architectures": args.architectures, "repeats": args.repeats}
 
 
@@ -277,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = args.work or Path("runs") / "ground_truth" / args.table.stem
     done = {(row["index"], row["seed"]) for row in table["rows"]}
     todo = [key for key in schedule(args.architectures, args.repeats, seeds) if key not in done]
-    part = provenance(argv, args)
+    part = part_record(argv, args)
     start, durations, failure = time.perf_counter(), [], None
     queue = iter(todo)
     with retraining_executor(args.jobs) as pool:

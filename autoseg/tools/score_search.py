@@ -20,7 +20,10 @@ and scores it against the table's architectures (:func:`autoseg.analysis.ground_
   (the search's supernet pinned to each, on its held-out set: :mod:`autoseg.engine.one_shot`)
   and their final metric in the table: does the supernet rank them as training does?
 
-Per search and as mean ± std over the searches, in DIR/results.md and DIR/results.json. The
+Per search and as mean ± std over the searches, in DIR/results.md and DIR/results.json (with the
+command, code version, machine and date that wrote it; copied to
+``autoseg/analysis/ground_truth/scores/<table>/<method>.json`` it ships with the docs:
+:mod:`autoseg.analysis.ground_truth.scorings`). The
 search config's space must be the table's (same mode, layers, levels, blocks, ops). Runs already
 finished are not repeated and stopped ones resume, so the same command continues.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ from autoseg.engine.checkpoint import load_checkpoint, resolve_device
 from autoseg.engine.one_shot import one_shot_scores
 from autoseg.utils.errors import UserError
 from autoseg.utils.files import read_json, write_json
+from autoseg.utils.provenance import provenance
 from autoseg.analysis.ground_truth import load_table, rows_of_seed, score_against, summary
 from autoseg.search.methods import SEARCH_METHODS
 from autoseg.search.spaces import get_space, space_signature
@@ -148,6 +153,7 @@ def results_markdown(rows: list[dict[str, Any]], table_summary: dict[str, Any], 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run (or continue) the scoring; returns what ``results.json`` holds."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.searches < 1 or (args.one_shot is not None and args.one_shot < 2):
         raise UserError(f"--searches must be at least 1 and --one-shot at least 2, got {args.searches} and "
@@ -196,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "k": k_random, "score": score_against(table, row["final"], madds, k_random),
                      "one_shot": _one_shot(run / "search", archs, finals, device)})
     results = {"settings": read_json(out / SETTINGS_NAME, "scoring settings"), "method": search_config.train.method,
-               "table": summary(table), "searches": rows}
+               "method_options": search_config.method_options, "table": summary(table),
+               "provenance": provenance(["autoseg", "score_search", *argv], torch.get_num_threads()), "searches": rows}
     write_json(results, out / "results.json")
     text = results_markdown(rows, results["table"], rows[0]["metric"])
     (out / "results.md").write_text(text)

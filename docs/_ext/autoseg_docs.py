@@ -9,6 +9,9 @@ At ``builder-inited`` it writes, from the registries and the parsers themselves:
   range (:data:`autoseg.config.BOUNDS`), its cross-key rules (:data:`autoseg.config.RELATIONS`),
   every registered search method's settings and every registered loss's options;
 - ``_generated/datasets.md``: the registered datasets;
+- ``_generated/ground_truth_tables.md``: the state of every shipped ground-truth table;
+- ``_generated/search_scores.md``: every shipped scoring of a search method, rescored against its
+  table as the table is now;
 - ``api/<module>.md``: one autodoc page per module of the package;
 - ``_generated/figures/*.png``: the figures autoseg draws, from a small untrained supernet.
 
@@ -32,6 +35,7 @@ import autoseg
 from autoseg import cli, config
 from autoseg.utils.compilation import COMPILE_MODES
 from autoseg.analysis.ground_truth import list_tables, load_table, summary
+from autoseg.analysis.ground_truth.scorings import load_scoring, shipped_rescored
 from autoseg.data import dataset_default_config, list_datasets
 from autoseg.losses import LOSSES, list_losses
 from autoseg.layers.ops import list_ops
@@ -379,6 +383,65 @@ def ground_truth_tables() -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def _mean_std(stats: dict[str, Any] | None, digits: int = 1) -> str:
+    if stats is None:
+        return "-"
+    spread = "" if stats["std"] is None else f" ± {stats['std']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f}{spread}"
+
+
+def search_scores() -> str:
+    """Per shipped table, one row per scored search method (means ± standard deviations over its
+    searches, rescored against the table as it is now), then one row per search, then where each
+    scoring was measured."""
+    sections = []
+    for name in list_tables():
+        rescored = shipped_rescored(name)
+        if not rescored:
+            sections.append(f"### Against `{name}`\n\nNo search method has been scored against this table yet.")
+            continue
+        first = next(iter(rescored.values()))
+        stats = first["table"]
+        label = load_table(name)["rows"][0]["metric"]
+        lines = [f"### Against `{name}`", "",
+                 f"Against the table's {stats['architectures']} architectures as it is now (final {label}: median "
+                 f"{stats['median']:.2f}, best {stats['best']:.2f}). Mean ± standard deviation over the searches.", ""]
+        rows = []
+        for method, result in rescored.items():
+            means, searches = result["means"], result["searches"]
+            options = load_scoring(name, method).get("method_options") or {}
+            matched = [str(search["cost_matched_n"]) for search in searches]
+            rows.append([code(method) + (f" ({escape(', '.join(f'{k}={v}' for k, v in options.items()))})"
+                                         if options else ""),
+                         str(len(searches)), _mean_std(means["final"], 2), _mean_std(means["percentile"]),
+                         _mean_std(means["regret"], 2), f"{_mean_std(means['cost_matched'])} ({', '.join(matched)})",
+                         f"{_mean_std(means['random_search'], 2)} (k {_mean_std(means['k'])})",
+                         f"{_mean_std(means['kendall_tau'], 3)} (n {searches[0]['one_shot_n']})",
+                         _mean_std(means["search_seconds"], 0), _mean_std(means["retrain_seconds"], 0)])
+        lines += [table(["method", "searches", f"final {label}", "percentile", "regret",
+                         "cost-matched percentile (architectures within 10 %)", "expected best of k random",
+                         "Kendall tau (one-shot vs table)", "search s", "retrain s"], rows), ""]
+        detail = [[code(method), escape(search["name"]), f"{search['final']:.2f}", f"{search['percentile']:.1f}",
+                   " ".join(map(str, search["strides"] or [])), f"{search['skip_connect']}/{search['edges']}",
+                   f"{search['madds'] / 1e6:,.1f} M"]
+                  for method, result in rescored.items() for search in result["searches"]]
+        lines += [table(["method", "search (seed)", f"final {label}", "percentile", "path strides", "`skip_connect`",
+                         "Multi-Adds"], detail), ""]
+        made = []
+        for method in rescored:
+            record = load_scoring(name, method).get("provenance")
+            if record is None:
+                made.append([code(method), "not recorded", "", ""])
+                continue
+            machine = record["machine"]
+            made.append([code(method), record["date"][:10], code(str(record["code_version"])),
+                         escape(f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} thread(s), "
+                                f"GPU {machine['gpu'] or 'none'}")])
+        lines.append(table(["method", "results written", "code", "machine"], made))
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"
+
+
 # -- API -------------------------------------------------------------------------------------
 
 def api_modules() -> list[str]:
@@ -449,6 +512,7 @@ def generate(app: Any = None) -> None:
     write_if_changed(GENERATED_DIR / "configuration.md", configuration_reference())
     write_if_changed(GENERATED_DIR / "datasets.md", datasets_table())
     write_if_changed(GENERATED_DIR / "ground_truth_tables.md", ground_truth_tables())
+    write_if_changed(GENERATED_DIR / "search_scores.md", search_scores())
     write_pages(API_DIR, "autoseg*.md", {f"{module}.md": api_page(module) for module in api_modules()})
     write_if_changed(GENERATED_DIR / "api_index.md", api_index())
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
