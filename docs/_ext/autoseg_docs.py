@@ -36,6 +36,7 @@ from autoseg import cli, config
 from autoseg.utils.compilation import COMPILE_MODES
 from autoseg.analysis.ground_truth import list_tables, load_table, summary
 from autoseg.analysis.ground_truth.scorings import load_scoring, shipped_rescored
+from autoseg.analysis.search_quality import metric_label
 from autoseg.data import dataset_default_config, list_datasets
 from autoseg.losses import LOSSES, list_losses
 from autoseg.layers.ops import list_ops
@@ -402,7 +403,7 @@ def search_scores() -> str:
             continue
         first = next(iter(rescored.values()))
         stats = first["table"]
-        label = load_table(name)["rows"][0]["metric"]
+        label = metric_label(load_table(name)["rows"][0]["metric"])
         lines = [f"### Against `{name}`", "",
                  f"Against the table's {stats['architectures']} architectures as it is now (final {label}: median "
                  f"{stats['median']:.2f}, best {stats['best']:.2f}). Mean ± standard deviation over the searches.", ""]
