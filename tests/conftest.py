@@ -66,10 +66,13 @@ TINY_TRELLIS = {"layers": 3, "levels": 2, "blocks": 2, "filter_multiplier": 2, "
 
 
 def write_config(path: Path, base: str, **sections: dict) -> Path:
-    """Write ``configs/<base>.yaml`` with the given sections updated (a tiny variant of it)."""
+    """Write ``configs/<base>.yaml`` with the given sections updated (a tiny variant of it); a
+    section given as None is removed."""
     config = yaml.safe_load((ROOT / "configs" / f"{base}.yaml").read_text())
     for section, values in sections.items():
-        if isinstance(values, dict):
+        if values is None:
+            config.pop(section, None)
+        elif isinstance(values, dict):
             config.setdefault(section, {}).update(values)
         else:
             config[section] = values
@@ -77,13 +80,21 @@ def write_config(path: Path, base: str, **sections: dict) -> Path:
     return path
 
 
+def write_search_config(path: Path, **sections: Any) -> Path:
+    """``configs/search/synthetic.yaml`` with the given sections updated (:func:`write_config`),
+    searching with the ``darts`` method and its defaults (the papers' search, whatever method the
+    quick start uses) unless ``train`` or ``method_options`` say otherwise."""
+    train = {"method": "darts", **(sections.pop("train", None) or {})}
+    return write_config(path, "search/synthetic", train=train,
+                        method_options=sections.pop("method_options", None), **sections)
+
+
 def write_tiny_search_config(path: Path, **train: Any) -> Path:
     """A hierarchical search on 32x32 synthetic scenes that runs in seconds: 2 epochs of 4 steps,
-    the first a warm-up; ``train`` settings override."""
-    return write_config(path, "search/synthetic",
-                        data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
-                              "batch_size": 2, "eval_batch_size": 4},
-                        model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1, **train})
+    the first a warm-up, with the ``darts`` method; ``train`` settings override."""
+    return write_search_config(path, data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
+                                           "batch_size": 2, "eval_batch_size": 4},
+                               model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1, **train})
 
 
 def write_tiny_cifar_search_config(root: Path, **model: Any) -> Path:

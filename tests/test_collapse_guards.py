@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_TRELLIS, write_config, write_tiny_cifar_search_config
+from conftest import TINY_TRELLIS, write_tiny_cifar_search_config, write_search_config
 
 from autoseg import topk_cell
 from autoseg.config import (BOUNDS, CollapseGuardsConfig, CollapseGuardSettings, SearchConfig, TrellisModelConfig,
@@ -497,10 +497,10 @@ def test_darts_decoding_caps_the_normal_cell_only():
 # -- decoding a checkpoint reproduces the search, guards on --------------------------------------
 
 def test_hierarchical_search_with_guards_decodes_the_same_from_its_checkpoint(tool, tmp_path):
-    config = write_config(tmp_path / "guarded.yaml", "search/synthetic",
-                          data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
-                                "batch_size": 2, "eval_batch_size": 4},
-                          model={**TINY_TRELLIS, **ALL_ON}, train={"epochs": 2, "warmup_epochs": 1})
+    config = write_search_config(tmp_path / "guarded.yaml",
+                                 data={"image_size": 32, "crop_size": 32, "train_length": 16, "val_length": 4,
+                                       "batch_size": 2, "eval_batch_size": 4},
+                                 model={**TINY_TRELLIS, **ALL_ON}, train={"epochs": 2, "warmup_epochs": 1})
     run = tmp_path / "run"
     arch = tool("search")(["--config", str(config), "--out", str(run)])
     state = load_checkpoint(run)

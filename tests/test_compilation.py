@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
-from conftest import write_config, write_tiny_retrain_config
+from conftest import write_search_config, write_tiny_retrain_config
 from torch._dynamo.utils import counters
 
 from autoseg.utils.compilation import check_compile, compiled
@@ -54,8 +54,7 @@ CLASSES = 6  # the synthetic scenes'
 
 def search_config(path: Path, **train) -> Path:
     """The synthetic search with :data:`TRELLIS`: 2 epochs of 2 steps, the first a warm-up."""
-    return write_config(path, "search/synthetic", data=DATA, model=TRELLIS,
-                        train={"epochs": 2, "warmup_epochs": 1, **train})
+    return write_search_config(path, data=DATA, model=TRELLIS, train={"epochs": 2, "warmup_epochs": 1, **train})
 
 
 def trellis_supernet(**model) -> SearchNetwork:
@@ -242,7 +241,7 @@ def test_bad_compile_setting_in_a_config_is_an_error(tmp_path):
     with pytest.raises(UserError, match="train.compile must be true, false or one of"):
         load_config(search_config(tmp_path / "search.yaml", compile="fast"), SearchConfig)
     for key in ("checkpoint_cells", "selective_checkpoint"):
-        recomputing = write_config(tmp_path / f"{key}.yaml", "search/synthetic", model={key: True},
-                                   train={"compile": "max-autotune"})
+        recomputing = write_search_config(tmp_path / f"{key}.yaml", model={key: True},
+                                          train={"compile": "max-autotune"})
         with pytest.raises(UserError, match=rf"train\.compile and .*model\.{key} cannot be combined"):
             load_config(recomputing, SearchConfig)

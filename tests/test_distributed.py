@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import ROOT, TINY_TRELLIS, assert_same, write_config
+from conftest import ROOT, TINY_TRELLIS, assert_same, write_config, write_search_config
 from torch import nn
 from torch.nn import functional as F
 
@@ -105,10 +105,10 @@ def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def distributed_search(tmp_path_factory):
     """A two-process hierarchical search of 2 epochs (4 steps each) on tiny synthetic scenes."""
     tmp = tmp_path_factory.mktemp("distributed_search")
-    config = write_config(tmp / "tiny.yaml", "search/synthetic",
-                          data={"image_size": 32, "crop_size": 32, "train_length": 32, "val_length": 4,
-                                "batch_size": BATCH, "eval_batch_size": 2},
-                          model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1, "device": "cpu"})
+    config = write_search_config(tmp / "tiny.yaml",
+                                 data={"image_size": 32, "crop_size": 32, "train_length": 32, "val_length": 4,
+                                       "batch_size": BATCH, "eval_batch_size": 2},
+                                 model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1, "device": "cpu"})
     result = _torchrun("tools/search.py", "--config", str(config), "--out", str(tmp / "run"))
     return tmp, config, result
 

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import TINY_TRELLIS, write_config
+from conftest import write_search_config, TINY_TRELLIS, write_config
 
 from autoseg.cli import CONFIG_DIR
 from autoseg.config import RetrainConfig, SearchConfig, load_config, to_dict
@@ -183,7 +183,7 @@ def test_the_table_is_built_in_parts_resumed_and_guarded(tool, tiny_synthetic_co
         tool("ground_truth")([*argv[:2], "--retrain-config", str(longer), *argv[4:]])
     with pytest.raises(UserError, match="another protocol .sample_seed differ"):
         tool("ground_truth")([*argv, "--sample-seed", "1"])
-    other_space = write_config(tmp_path / "other_space.yaml", "search/synthetic", model={**TINY_TRELLIS, "blocks": 3})
+    other_space = write_search_config(tmp_path / "other_space.yaml", model={**TINY_TRELLIS, "blocks": 3})
     with pytest.raises(UserError, match="row 0 of .* holds another architecture than draw 0 of this search space"):
         tool("ground_truth")(["--config", str(other_space), *argv[2:]])
     assert table_file.stat().st_mtime_ns == stamp

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import load_tool, write_config
+from conftest import write_search_config, load_tool, write_config
 
 from autoseg.config import RetrainConfig, SearchConfig, load_config, override
 from autoseg.engine.checkpoint import load_checkpoint
@@ -45,7 +45,7 @@ def test_amp_of_earlier_configs_loads_true_as_bfloat16(tmp_path, written, loaded
 
 
 def test_an_unknown_amp_is_a_user_error(tmp_path):
-    path = write_config(tmp_path / "config.yaml", "search/synthetic", train={"amp": "fp8"})
+    path = write_search_config(tmp_path / "config.yaml", train={"amp": "fp8"})
     with pytest.raises(UserError, match="train.amp must be one of bf16, fp16 or null"):
         load_config(path, SearchConfig)
     with pytest.raises(UserError, match="amp must be one of bf16, fp16"):

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY_TRELLIS, assert_same, write_config, write_tiny_cifar_search_config
+from conftest import ROOT, TINY_TRELLIS, assert_same, write_tiny_cifar_search_config, write_search_config
 
 from autoseg.engine.checkpoint import load_checkpoint
 
@@ -106,10 +106,10 @@ def test_hierarchical_search_resume_reproduces_the_uninterrupted_run(tool, tiny_
 
 def test_epochs_follow_the_shorter_half_when_the_halves_differ(tool, tmp_path):
     # 15 images: half A (weights) gets 8 = 4 batches of 2, half B (architecture) 7 = 3 batches
-    config = write_config(tmp_path / "odd.yaml", "search/synthetic",
-                          data={"image_size": 32, "crop_size": 32, "train_length": 15, "val_length": 2,
-                                "batch_size": 2, "eval_batch_size": 2},
-                          model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1})
+    config = write_search_config(tmp_path / "odd.yaml",
+                                 data={"image_size": 32, "crop_size": 32, "train_length": 15, "val_length": 2,
+                                       "batch_size": 2, "eval_batch_size": 2},
+                                 model=TINY_TRELLIS, train={"epochs": 2, "warmup_epochs": 1})
     tool("search")(["--config", str(config), "--out", str(tmp_path / "run")])
     state = load_checkpoint(tmp_path / "run")
     assert [h["global_step"] for h in state["history"]] == [3, 6]
