@@ -43,6 +43,15 @@ def group_statistics(values: Sequence[float]) -> dict[str, Any]:
     return {"n": n, "mean": mean, "std": std}
 
 
+def mean_std_text(stats: dict[str, Any] | None, digits: int = 2) -> str:
+    """``mean ± std`` of :func:`group_statistics` with ``digits`` decimals (the mean alone for one
+    value, ``-`` for none)."""
+    if stats is None:
+        return "-"
+    spread = "" if stats["std"] is None else f" ± {stats['std']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f}{spread}"
+
+
 def _mean_pm(stats: dict[str, Any]) -> str:
     spread = f"{stats['std']:.2f}" if stats["std"] is not None else "n/a"
     return f"{stats['mean']:.2f} ± {spread} (n={stats['n']})"

@@ -7,11 +7,10 @@ cifar-10-python.tar.gz); nothing is ever downloaded. Splits: ``train`` (50,000 i
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-
-import functools
 from typing import TYPE_CHECKING, Any
 
 import torch

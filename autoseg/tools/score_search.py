@@ -50,7 +50,7 @@ from autoseg.utils.provenance import provenance
 from autoseg.analysis.ground_truth import load_table, rows_of_seed, score_against, summary
 from autoseg.search.methods import SEARCH_METHODS
 from autoseg.search.spaces import get_space, space_signature
-from autoseg.analysis.search_quality import group_statistics, kendall_tau_b, metric_label
+from autoseg.analysis.search_quality import group_statistics, kendall_tau_b, mean_std_text, metric_label
 from autoseg.tools import retrain as retrain_tool
 from autoseg.tools import search as search_tool
 from autoseg.tools.benchmark_search import SETTINGS_NAME, architecture_row, check_settings, ensure_run
@@ -114,10 +114,7 @@ def _one_shot(search_dir: Path, archs: list, finals: list[float], device: torch.
 
 def _mean_pm(values: list[float | None]) -> str:
     present = [v for v in values if v is not None and not math.isnan(v)]
-    if not present:
-        return "-"
-    stats = group_statistics(present)
-    return f"{stats['mean']:.2f}" + (f" ± {stats['std']:.2f}" if stats["std"] is not None else "")
+    return mean_std_text(group_statistics(present) if present else None)
 
 
 def results_markdown(rows: list[dict[str, Any]], table_summary: dict[str, Any], metric: str) -> str:

@@ -35,8 +35,8 @@ import autoseg
 from autoseg import cli, config
 from autoseg.utils.compilation import COMPILE_MODES
 from autoseg.analysis.ground_truth import list_tables, load_table, summary
-from autoseg.analysis.ground_truth.scorings import load_scoring, shipped_rescored
-from autoseg.analysis.search_quality import metric_label
+from autoseg.analysis.ground_truth.scorings import shipped_rescored
+from autoseg.analysis.search_quality import mean_std_text, metric_label
 from autoseg.data import dataset_default_config, list_datasets
 from autoseg.losses import LOSSES, list_losses
 from autoseg.layers.ops import list_ops
@@ -384,13 +384,6 @@ def ground_truth_tables() -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def _mean_std(stats: dict[str, Any] | None, digits: int = 1) -> str:
-    if stats is None:
-        return "-"
-    spread = "" if stats["std"] is None else f" ± {stats['std']:.{digits}f}"
-    return f"{stats['mean']:.{digits}f}{spread}"
-
-
 def search_scores() -> str:
     """Per shipped table, one row per scored search method (means ± standard deviations over its
     searches, rescored against the table as it is now), then one row per search, then where each
@@ -410,15 +403,16 @@ def search_scores() -> str:
         rows = []
         for method, result in rescored.items():
             means, searches = result["means"], result["searches"]
-            options = load_scoring(name, method).get("method_options") or {}
+            options = result["method_options"]
             matched = [str(search["cost_matched_n"]) for search in searches]
             rows.append([code(method) + (f" ({escape(', '.join(f'{k}={v}' for k, v in options.items()))})"
                                          if options else ""),
-                         str(len(searches)), _mean_std(means["final"], 2), _mean_std(means["percentile"]),
-                         _mean_std(means["regret"], 2), f"{_mean_std(means['cost_matched'])} ({', '.join(matched)})",
-                         f"{_mean_std(means['random_search'], 2)} (k {_mean_std(means['k'])})",
-                         f"{_mean_std(means['kendall_tau'], 3)} (n {searches[0]['one_shot_n']})",
-                         _mean_std(means["search_seconds"], 0), _mean_std(means["retrain_seconds"], 0)])
+                         str(len(searches)), mean_std_text(means["final"], 2), mean_std_text(means["percentile"], 1),
+                         mean_std_text(means["regret"], 2),
+                         f"{mean_std_text(means['cost_matched'], 1)} ({', '.join(matched)})",
+                         f"{mean_std_text(means['random_search'], 2)} (k {mean_std_text(means['k'], 1)})",
+                         f"{mean_std_text(means['kendall_tau'], 3)} (n {searches[0]['one_shot_n']})",
+                         mean_std_text(means["search_seconds"], 0), mean_std_text(means["retrain_seconds"], 0)])
         lines += [table(["method", "searches", f"final {label}", "percentile", "regret",
                          "cost-matched percentile (architectures within 10 %)", "expected best of k random",
                          "Kendall tau (one-shot vs table)", "search s", "retrain s"], rows), ""]
@@ -429,8 +423,8 @@ def search_scores() -> str:
         lines += [table(["method", "search (seed)", f"final {label}", "percentile", "path strides", "`skip_connect`",
                          "Multi-Adds"], detail), ""]
         made = []
-        for method in rescored:
-            record = load_scoring(name, method).get("provenance")
+        for method, result in rescored.items():
+            record = result["provenance"]
             if record is None:
                 made.append([code(method), "not recorded", "", ""])
                 continue

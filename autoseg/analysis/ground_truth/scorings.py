@@ -41,7 +41,8 @@ def rescore(scoring: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
     ``percentile``, ``regret``, ``cost_matched`` percentile (and how many architectures matched),
     ``random_search`` (expected best of k random architectures, with the search's k) and
     ``kendall_tau`` over the ``one_shot_n`` architectures its supernet scored; then ``means``, each
-    figure's :func:`~autoseg.analysis.search_quality.group_statistics` over the searches."""
+    figure's :func:`~autoseg.analysis.search_quality.group_statistics` over the searches, with the
+    scoring's ``method_options`` and ``provenance``."""
     if scoring["settings"]["table"] != table["protocol"]:
         raise UserError("the scoring was made against a table of another protocol: score the method again with "
                         "autoseg score_search")
@@ -64,7 +65,8 @@ def rescore(scoring: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
     for figure in figures:
         present = [search[figure] for search in searches if search[figure] is not None]
         means[figure] = group_statistics(present) if present else None
-    return {"method": scoring["method"], "table": summary(table), "searches": searches, "means": means}
+    return {"method": scoring["method"], "method_options": scoring.get("method_options") or {},
+            "provenance": scoring.get("provenance"), "table": summary(table), "searches": searches, "means": means}
 
 
 def shipped_rescored(table_name: str) -> dict[str, dict[str, Any]]:
