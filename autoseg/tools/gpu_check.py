@@ -457,6 +457,14 @@ def run_worker(section: Section, device: torch.device, out: Path) -> dict[str, A
     return record
 
 
+OWN_PROCESS_GROUP: dict[str, Any] = ({"process_group": 0} if sys.version_info >= (3, 11)
+                                      else {"preexec_fn": os.setpgrp})
+"""Popen arguments that start a section in a process group of its own (killed as one), in this session:
+a new session would be a scheduling group of its own on Linux (autogroup), where its threads
+compete with the rest of the machine as one group, which slowed a CPU section's steps 5 to 20 times
+next to other work."""
+
+
 def run_section(section: Section, argv: list[str], out: Path, timeout: float) -> dict[str, Any]:
     """Run ``section`` in a process of its own (its output to ``out/logs``), killed with its process
     group after ``timeout`` seconds; its record, ``wall_s`` the process's seconds, start-up included."""
@@ -465,7 +473,7 @@ def run_section(section: Section, argv: list[str], out: Path, timeout: float) ->
     start = time.perf_counter()
     with open(out / "logs" / f"{file_name}.log", "w") as log:
         process = subprocess.Popen(_cli("gpu_check", *argv, "--worker", section.name), stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, **OWN_PROCESS_GROUP)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
