@@ -12,7 +12,7 @@ At ``builder-inited`` it writes, from the registries and the parsers themselves:
 - ``_generated/ground_truth_tables.md``: the state of every shipped ground-truth table;
 - ``_generated/search_scores.md``: every shipped scoring of a search method, rescored against its
   table as the table is now;
-- ``api/<module>.md``: one autodoc page per module of the package;
+- ``api/<package>.md``: one autodoc page per top-level package of ``autoseg``, a section per module;
 - ``_generated/figures/*.png``: the figures autoseg draws, from a small untrained supernet.
 
 A file is rewritten only when its text changes, so an incremental build stays incremental.
@@ -445,14 +445,29 @@ def api_modules() -> list[str]:
     return sorted(name for name in names if not name.startswith("autoseg.tools."))
 
 
-def api_page(module: str) -> str:
-    """The autodoc page of one module."""
-    return f"# `{module}`\n\n```{{eval-rst}}\n.. automodule:: {module}\n   :members:\n```\n"
+def api_pages() -> dict[str, list[str]]:
+    """The modules of each API page: one page per top-level package or module of ``autoseg``, its
+    modules in order (a page per module made the site's navigation, rebuilt for every page, the
+    larger part of its build time)."""
+    pages: dict[str, list[str]] = {}
+    for module in api_modules():
+        pages.setdefault(".".join(module.split(".")[:2]), []).append(module)
+    return pages
+
+
+def api_page(page: str, modules: list[str]) -> str:
+    """The autodoc page of ``page``: the package's own documentation, then each of its modules
+    under a heading of its own."""
+    def automodule(module: str) -> str:
+        return f"```{{eval-rst}}\n.. automodule:: {module}\n   :members:\n```\n"
+
+    return f"# `{page}`\n\n" + "\n".join(
+        automodule(module) if module == page else f"## `{module}`\n\n{automodule(module)}" for module in modules)
 
 
 def api_index() -> str:
-    """The toctree of every module page."""
-    return "```{toctree}\n:maxdepth: 1\n\n" + "\n".join(api_modules()) + "\n```\n"
+    """The toctree of every API page."""
+    return "```{toctree}\n:maxdepth: 1\n\n" + "\n".join(api_pages()) + "\n```\n"
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -508,7 +523,8 @@ def generate(app: Any = None) -> None:
     write_if_changed(GENERATED_DIR / "datasets.md", datasets_table())
     write_if_changed(GENERATED_DIR / "ground_truth_tables.md", ground_truth_tables())
     write_if_changed(GENERATED_DIR / "search_scores.md", search_scores())
-    write_pages(API_DIR, "autoseg*.md", {f"{module}.md": api_page(module) for module in api_modules()})
+    write_pages(API_DIR, "autoseg*.md",
+                {f"{page}.md": api_page(page, modules) for page, modules in api_pages().items()})
     write_if_changed(GENERATED_DIR / "api_index.md", api_index())
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
     draw_figures(FIGURES_DIR)
