@@ -19,6 +19,7 @@ from fakes import write_fake_cifar10  # noqa: E402  (found through the line abov
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one worker process per core (pyproject addopts): no oversubscription
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # nor in the processes the tests start (tools, torchrun)
 
 
 ONE_WORKER_FILES: dict[str, str] = {
