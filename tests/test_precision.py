@@ -3,6 +3,7 @@ orders) and the retraining, their checkpointed state, and configs of earlier run
 architect's scaling is tested in test_architect.py."""
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from conftest import write_search_config, load_tool, write_config
 from autoseg.config import RetrainConfig, SearchConfig, load_config, override
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.utils.errors import UserError
-from autoseg.utils.precision import autocast, check_amp, grad_scaler, scaled_step
+from autoseg.utils.precision import autocast, check_amp, grad_scaler, scaled_step, step_schedule
 
 CPU = torch.device("cpu")
 FRESH_SCALER = {"scale": 65536.0, "_growth_tracker": 0}  # torch's initial scale, no step taken
@@ -146,3 +147,17 @@ def test_a_run_saved_with_amp_true_resumes_in_bfloat16(tool, tmp_path):
     resumed = load_checkpoint(tmp_path / "old")
     assert resumed["global_step"] == 4 and resumed["config"]["train"]["amp"] == "bf16"
     assert resumed["scaler"] == {} and math.isfinite(record["train"]["loss"])  # bfloat16 needs no scaler
+
+
+def test_a_schedule_stepped_after_a_skipped_first_step_advances_without_a_warning():
+    def schedule():
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+
+    optimizer, scheduler = schedule()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the scaler skipped the optimiser's first step: no step() was called
+        step_schedule(scheduler)
+    assert optimizer.param_groups[0]["lr"] == 0.5  # the schedule follows the iteration all the same
+    with pytest.warns(UserWarning, match="before `optimizer.step\\(\\)`"):
+        schedule()[1].step()  # what torch says without it

@@ -29,7 +29,8 @@ from autoseg.engine.trained import BEST_NAME, TrainedModelMeta
 from autoseg.utils.errors import UserError
 from autoseg.utils.files import atomic_write
 from autoseg.losses import resolve_class_weights
-from autoseg.utils.precision import autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update
+from autoseg.utils.precision import (autocast, grad_scaler, load_scaler_state, scaled_backward, scaled_update,
+                                     step_schedule)
 from autoseg.utils.process import is_distributed
 
 
@@ -128,7 +129,7 @@ class RetrainRun(TrainingRun):
         iterations, dropped or not)."""
         scaled_update(self.optimizer, self.scaler, apply)
         if self.cfg.optimizer.schedule == "poly":
-            self.scheduler.step()
+            step_schedule(self.scheduler)
 
     def learning_rate(self) -> float:
         """The learning rate of the next step."""

@@ -10,6 +10,7 @@ passes everything through unchanged: the computation is exactly the float32 one.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable
 
 import torch
@@ -78,6 +79,15 @@ def scaled_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
     if apply:
         scaler.step(optimizer)
     scaler.update()
+
+
+def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Step a per-iteration schedule after :func:`scaled_update`. The schedule follows the
+    iterations whether or not the scaler applied their step, so torch's warning that the schedule
+    stepped before the optimiser (raised when an fp16 scaler skips the very first step) is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
 
 
 def scaled_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
