@@ -91,7 +91,7 @@ def test_synthetic_search_writes_arch_and_decode_reproduces_it(tool, tiny_synthe
     assert "network path (level per layer)" in capsys.readouterr().out
 
 
-def test_hierarchical_search_resume_reproduces_the_uninterrupted_run(tool, tiny_synthetic_config, tmp_path):
+def test_hierarchical_search_resume_reproduces_the_uninterrupted_run(tool, tiny_synthetic_config, tmp_path, capsys):
     search = tool("search")
     search(["--config", str(tiny_synthetic_config), "--out", str(tmp_path / "full")])
     search(["--config", str(tiny_synthetic_config), "--out", str(tmp_path / "cut"), "--max-steps", "5"])
@@ -102,6 +102,10 @@ def test_hierarchical_search_resume_reproduces_the_uninterrupted_run(tool, tiny_
     full, resumed = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
     assert_same(full, resumed)  # alpha, beta, weights, optimisers, history
     assert (tmp_path / "cut" / "arch.json").read_text() == (tmp_path / "full" / "arch.json").read_text()
+    capsys.readouterr()
+    assert search(["--resume", str(tmp_path / "full")]) == json.loads((tmp_path / "full" / "arch.json").read_text())
+    assert "the search had already finished: its architecture is" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "full")["global_step"] == full["global_step"]  # nothing trained again
 
 
 def test_epochs_follow_the_shorter_half_when_the_halves_differ(tool, tmp_path):

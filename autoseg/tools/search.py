@@ -112,13 +112,15 @@ def main(argv: list[str] | None = None) -> dict:
     run = SearchRun(cfg, build_search_network(cfg, task.num_classes), task, data, run_dir, device)
     state = resumed_state(run_dir) if args.resume else None
     say = start_run(run, state, args.resume is not None, run_dir, cfg)
+    already_finished = run.finished()
     say(f"searching ({cfg.mode}, method {cfg.train.method}) on {cfg.data.dataset} with "
         f"{run.model.summary()['params']:,} weight parameters, "
         f"device {device} x {world_size()} process(es), run directory {run_dir}")
     run.run()
     arch = run.arch if run.finished() else run.decode()  # a stop writes the architecture of then
     say(arch.describe())
-    say(f"wrote {run_dir / arch.FILE_NAME}")
+    say(f"the search had already finished: its architecture is {run_dir / arch.FILE_NAME}" if already_finished
+        else f"wrote {run_dir / arch.FILE_NAME}")
     if not run.finished():
         say(stopped_message(run.global_step, run_dir))
     return arch.to_dict()
