@@ -9,7 +9,8 @@ from autoseg.layers.ops import PRIMITIVES
 from autoseg.search.darts_network import DartsSearchNetwork
 from autoseg.search.methods import SearchSchedule, build_method
 from autoseg.search.mixed_op import MixedEdges
-from autoseg.search.trellis_network import TrellisSearchNetwork
+from autoseg.search.trellis_network import TrellisNode, TrellisSearchNetwork
+from autoseg.space.genotype import num_edges
 
 CHOICES = ["sep_conv_3x3", "none", "skip_connect"]
 """The ops three edges of one fan-out choose; sep_conv_5x5, the pools and the dilated convs are chosen by none."""
@@ -89,5 +90,58 @@ def test_a_gdas_step_reaches_every_alpha_and_runs_fewer_ops():
     net.train()
     net(torch.randn(2, 3, 16, 16)).square().mean().backward()
     assert bool((net.alphas.grad != 0).all())  # the coarse gradient reaches the ops not sampled
+    assert bool(net.betas.grad.any())  # and the moves (sampled per source node, only their cells run)
     unrun = [p for p in net.weight_parameters() if p.grad is None]
     assert unrun  # the parameters of the ops no edge sampled got no gradient: they were not run
+
+
+def _middle_node_and_inputs() -> tuple[TrellisNode, dict, torch.Tensor, torch.Tensor, torch.Size]:
+    """Node (layer 2, level 1) of a 3-level trellis: transitions from levels 0, 1 and 2."""
+    torch.manual_seed(4)
+    f, blocks = 2, 2
+    channels = {level: blocks * f * 2 ** level for level in range(3)}
+    node = TrellisNode(1, [0, 1, 2], channels, channels[1], f, blocks, PRIMITIVES)
+    prev = {level: torch.randn(2, channels[level], 16 // 2 ** level, 16 // 2 ** level) for level in range(3)}
+    cell_weights = torch.softmax(torch.randn(num_edges(blocks), len(PRIMITIVES)), dim=-1)
+    return node, prev, torch.randn(2, channels[1], 8, 8), cell_weights, torch.Size((8, 8))
+
+
+@pytest.mark.parametrize("sampled", [[0], [2], [0, 2], []], ids=["down", "up", "two", "none"])
+def test_a_single_path_node_runs_its_sampled_transitions_only_with_the_coarse_gradient_for_the_others(sampled):
+    # a move is sampled per source node, so a node receives any number of them, none included
+    node, prev, prev_prev, cell_weights, size = _middle_node_and_inputs()
+    hard = torch.zeros(3)
+    hard[sampled] = 1.0
+    full_weights, single_weights = hard.clone().requires_grad_(), hard.clone().requires_grad_()
+    full = node(prev, prev_prev, full_weights, cell_weights, size)
+    single = node(prev, prev_prev, single_weights, cell_weights, size, chosen=(hard != 0).tolist())
+    torch.testing.assert_close(single, full)  # the cell's batch norms run on 1 group instead of 3: rounding
+    if not sampled:
+        assert not single.any()
+    upstream = torch.randn_like(full)
+    (full * upstream).sum().backward()
+    node.zero_grad(set_to_none=True)
+    (single * upstream).sum().backward()
+    expected = torch.full((3,), upstream.sum().item())  # a transition left out: the sum of the node's gradient
+    expected[sampled] = full_weights.grad[sampled]
+    torch.testing.assert_close(single_weights.grad, expected)
+    for source in range(3):
+        ran = [p.grad is not None for p in node.inputs[str(source)].parameters()]
+        assert all(ran) if source in sampled else not any(ran), source
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_a_pinned_single_path_trellis_runs_the_cells_of_its_path_only(training):
+    torch.manual_seed(5)
+    net = TrellisSearchNetwork(3, layers=4, levels=3, blocks=2, filter_multiplier=2, aspp_channels=8)
+    net.train(training)
+    arch = net.sample_architecture(np.random.default_rng(6))
+    x = torch.randn(2, 3, 32, 32)
+    with net.fixed_choices({name: (w, None) for name, w in net.architecture_weights(arch).items()}):
+        every_op = net(x)
+        net.single_path = True
+        single = net(x)
+    torch.testing.assert_close(single, every_op)
+    single.square().mean().backward()
+    run = {key for key, node in net.nodes.items() if any(p.grad is not None for p in node.cell.parameters())}
+    assert run == {net.node_key(layer, level) for layer, level in enumerate(arch.path)}

@@ -95,17 +95,38 @@ class TrellisNode(nn.Module):
         self.out_channels = num_blocks * channels
 
     def forward(self, prev: dict[int, torch.Tensor], prev_prev: torch.Tensor | None,
-                probs: torch.Tensor, cell_weights: torch.Tensor, size: torch.Size | None,
-                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+                probs: torch.Tensor, cell_weights: torch.Tensor, size: torch.Size,
+                edge_weights: torch.Tensor | None = None, chosen: Sequence[bool] | None = None) -> torch.Tensor:
         """``prev`` maps levels of layer l-1 to states, ``probs[p]`` is the probability of the
         transition from level p; ``size`` is this level's spatial size (the target of upsampling);
         ``edge_weights`` are the PC-DARTS edge weights (edge normalisation), if on.
 
         The inputs of all incoming transitions are stacked into one batch and the cell runs
         once on it, with per-transition batch-norm statistics; this equals running the cell
-        once per transition (see :mod:`autoseg.search.grouped_batchnorm`)."""
+        once per transition (see :mod:`autoseg.search.grouped_batchnorm`).
+
+        ``chosen`` (single path): None, or per level whether the transition from it has nonzero
+        weight in ``probs`` (one-hot rows); then only those transitions are run (none: the node is
+        zero), and each one left out adds its weight, a scalar 0 in value, to the output, which
+        passes it the sum of the output's gradient (the coarse gradient of
+        :meth:`~autoseg.search.mixed_op.MixedEdges.single_path_sum`)."""
+        sources = self.sources if chosen is None else [source for source in self.sources if chosen[source]]
+        out = self.run_cell(prev, prev_prev, probs[sources], sources, cell_weights, size, edge_weights)
+        skipped = [source for source in self.sources if source not in sources]
+        if skipped and probs.requires_grad:
+            out = out + probs[skipped].sum().to(out.dtype)
+        return out
+
+    def run_cell(self, prev: dict[int, torch.Tensor], prev_prev: torch.Tensor | None, weights: torch.Tensor,
+                 sources: Sequence[int], cell_weights: torch.Tensor, size: torch.Size,
+                 edge_weights: torch.Tensor | None) -> torch.Tensor:
+        """The ``weights``-weighted sum of the cell's outputs on the transitions from ``sources``
+        (zero for no source)."""
+        if not sources:
+            like = next(iter(prev.values()))
+            return like.new_zeros((like.shape[0], self.out_channels, *size))
         inputs = []
-        for source in self.sources:
+        for source in sources:
             module = self.inputs[str(source)]
             inputs.append(module(prev[source], size) if source > self.level else module(prev[source]))
         groups = len(inputs)
@@ -118,7 +139,6 @@ class TrellisNode(nn.Module):
                 s0 = s0.unsqueeze(1).expand(-1, groups, -1, -1, -1).flatten(0, 1)
         with batch_groups(groups):
             out = self.cell(s0, s1, cell_weights, edge_weights)
-        weights = probs[self.sources]
         if groups == 1:
             return out * weights[0]
         out = out.unflatten(0, (-1, groups))
@@ -229,6 +249,7 @@ class TrellisSearchNetwork(SearchNetwork):
         edge_weights = (edge_normalization_weights(self.edge_betas, self.num_blocks)
                         if self.guards.settings.edge_normalization else None)
         probs = self.transition_weights()
+        chosen = (probs.detach() != 0).cpu().tolist() if self.single_path else None  # [layer][source][level]
         states: dict[tuple[int, int], torch.Tensor] = {(-1, 0): self.stem(x)}
         sizes = {0: states[(-1, 0)].shape[-2:]}
         for level in range(1, self.num_levels):
@@ -241,7 +262,7 @@ class TrellisSearchNetwork(SearchNetwork):
                 if key not in self.nodes:
                     continue
                 args = (prev, states.get((layer - 2, level)), probs[layer, :, level], cell_weights, sizes[level],
-                        edge_weights)
+                        edge_weights, None if chosen is None else [row[level] for row in chosen[layer]])
                 node = self.nodes[key]
                 if self.checkpoint_cells and torch.is_grad_enabled():
                     states[(layer, level)] = recomputed_in_backward(node, args)

@@ -9,11 +9,14 @@ backward pass); tau decays linearly from ``tau_max`` to ``tau_min`` over the sea
 (a wide op runs once for all the edges of a fan-out that sample it), and the weight of an op it
 did not sample gets the sum of the edge's output gradient, the coarse gradient of GDAS's code
 (:meth:`autoseg.search.mixed_op.MixedEdges.single_path_sum`); the ops no edge samples are not run
-and their parameters get no gradient in that step. Off, every candidate op is computed and each
-gets the straight-through gradient of its own output (the estimator of Jang et al.,
-"Categorical Reparameterization with Gumbel-Softmax", ICLR 2017), at DARTS's cost. The trellis's
-transitions are sampled too, but every cell of the trellis is still run (single path is per op,
-not per cell). In eval mode the supernet uses the most probable choice of every row.
+and their parameters get no gradient in that step. The trellis's transitions are sampled the same
+way (one move per node of layer l-1) and treated the same way: a node's cell runs on the
+transitions it receives only (none: the node is zero), and the weight of a transition not
+sampled gets the sum of the node's output gradient
+(:meth:`autoseg.search.trellis_network.TrellisNode.forward`). Off, every candidate op and every
+transition is computed and each gets the straight-through gradient of its own output (the
+estimator of Jang et al., "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017), at
+DARTS's cost. In eval mode the supernet uses the most probable choice of every row.
 """
 from __future__ import annotations
 
@@ -50,8 +53,8 @@ class GumbelRelaxation(Relaxation):
 class GdasSettings:
     """``tau_max`` and ``tau_min``: the Gumbel-softmax temperature of the first and of the last
     epoch, decayed linearly in between (GDAS: 10 and 0.1); ``single_path``: run the sampled op of
-    every edge only, with the coarse gradient of GDAS's code for the others (see the module
-    docstring)."""
+    every edge and the sampled transitions of the trellis only, with the coarse gradient of
+    GDAS's code for the others (see the module docstring)."""
 
     tau_max: float = 10.0
     tau_min: float = 0.1

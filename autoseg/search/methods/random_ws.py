@@ -36,9 +36,11 @@ class RandomWeightSharingSettings:
     """``candidates``: architectures scored with the shared weights when selecting;
     ``eval_batches``: batches of half B each is scored on (null: all of half B). Both defaults
     are autoseg's, sized for short searches, not taken from the paper. ``single_path``: run only
-    the ops of the drawn architecture (same outputs; the parameters of the ops it leaves out get
-    no gradient, so weight decay and momentum do not move them in that step, where off they get a
-    zero gradient that SGD still applies them to); off by default, so that earlier searches repeat."""
+    the drawn architecture, its ops and, in the trellis, the cells of its path (same outputs; the
+    parameters it leaves out get no gradient, so weight decay and momentum do not move them in
+    that step, where off they get a zero gradient that SGD still applies them to, and the batch
+    norms of the cells it leaves out do not update their running statistics); off by default, so
+    that earlier searches repeat."""
 
     candidates: int = 100
     eval_batches: int | None = 10
