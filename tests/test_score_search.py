@@ -4,15 +4,18 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from conftest import write_tiny_retrain_config, write_tiny_search_config
 
 from autoseg.analysis.ground_truth import load_table
 from autoseg.analysis.ground_truth.scorings import list_scorings, load_scoring, rescore
-from autoseg.config import RetrainConfig, SearchConfig, load_config, to_dict
+from autoseg.analysis.search_quality import kendall_tau_b
+from autoseg.config import RetrainConfig, SearchConfig, from_dict, load_config, to_dict
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.utils.errors import UserError
 from autoseg.space.sampling import sample_architectures
+from autoseg.tools import score_search as score_search_tool
 
 FINALS = [20.0, 40.0, 60.0, 80.0, 30.0]
 
@@ -63,6 +66,32 @@ def test_a_search_is_retrained_under_the_tables_protocol_and_scored_against_it(t
     data["protocol"]["retrain_seeds"] = [7, 8]
     with pytest.raises(UserError, match="another protocol"):
         rescore(results, data)
+
+
+def test_a_grown_table_scores_only_its_new_architectures_with_the_supernet(tool, tmp_path, monkeypatch):
+    table = _tiny_table(tmp_path)
+    out = tmp_path / "score"
+    args = ["--table", str(table), "--searches", "1", "--out", str(out), "--device", "cpu", "--max-steps", "2"]
+    first = tool("score_search")(args)["searches"][0]["one_shot"]
+    data = json.loads(table.read_text())
+    search = from_dict(SearchConfig, data["search_config"])
+    new = sample_architectures(search, 7, 0)[5:]  # the draws a grown table appends
+    data["rows"] += [{**data["rows"][0], "index": 5 + i, "arch": arch.to_dict(), "final": final}
+                     for i, (arch, final) in enumerate(zip(new, (90.0, 10.0)))]
+    table.write_text(json.dumps(data))
+    kept = out / "searched_0" / "search" / "one_shot.json"
+    kept.write_text(json.dumps({"scores": first["scores"]}))  # the first format: the table's first scores
+    scored = []
+    real = score_search_tool.one_shot_scores
+    monkeypatch.setattr(score_search_tool, "one_shot_scores",
+                        lambda run, archs, device: scored.append(archs) or real(run, archs, device))
+    grown = tool("score_search")(args)["searches"][0]["one_shot"]
+    assert [[a.to_dict() for a in archs] for archs in scored] == [[a.to_dict() for a in new]]
+    assert grown["n"] == 7 and grown["scores"][:5] == first["scores"]
+    supernet = out / "searched_0" / "search"
+    assert grown["scores"][5:] == real(supernet, new, torch.device("cpu"))  # scored alone, as the first 5 were
+    assert grown["kendall_tau"] == pytest.approx(kendall_tau_b(grown["scores"], FINALS + [90.0, 10.0]))
+    assert tool("score_search")(args)["searches"][0]["one_shot"] == grown and len(scored) == 1  # nothing new
 
 
 def test_a_search_of_another_space_is_refused_before_anything_runs(tool, tmp_path):

@@ -25,7 +25,9 @@ command, code version, machine and date that wrote it; copied to
 ``autoseg/analysis/ground_truth/scores/<table>/<method>.json`` it ships with the docs:
 :mod:`autoseg.analysis.ground_truth.scorings`). The
 search config's space must be the table's (same mode, layers, levels, blocks, ops). Runs already
-finished are not repeated and stopped ones resume, so the same command continues.
+finished are not repeated and stopped ones resume, so the same command continues; the one-shot
+scores are kept by architecture (DIR/searched_<k>/search/one_shot.json), so the same command run
+after the table has grown scores only the architectures it added.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ import torch
 import yaml
 
 from autoseg.cli import add_method_option_argument
-from autoseg.space.architecture import architecture_from_dict
+from autoseg.space.architecture import Architecture, architecture_from_dict
 from autoseg.config import RetrainConfig, SearchConfig, from_dict, load_config, to_dict
 from autoseg.engine.checkpoint import load_checkpoint, resolve_device
 from autoseg.engine.one_shot import one_shot_scores
@@ -99,15 +101,35 @@ def _training_seconds(run_dir: Path) -> float:
     return float(sum(record.get("seconds", 0.0) for record in records))
 
 
-def _one_shot(search_dir: Path, archs: list, finals: list[float], device: torch.device) -> dict[str, Any]:
-    """Kendall's tau between the supernet's one-shot scores of ``archs`` and their ``finals``, with
-    the scores (read back from the search directory when computed before)."""
+def _arch_key(arch: Architecture) -> str:
+    """An architecture as a string that names it: its ``arch.json`` form with sorted keys."""
+    return json.dumps(arch.to_dict(), sort_keys=True)
+
+
+def _cached_one_shot_scores(file: Path, archs: list[Architecture]) -> dict[str, float]:
+    """The one-shot scores ``file`` holds, by architecture. A file of the first format (a list of
+    scores without their architectures) holds the scores of the first architectures of the table,
+    which only grows at its end."""
+    cached = read_json(file, "one-shot scores") if file.is_file() else {"entries": []}
+    if "entries" in cached:
+        return {_arch_key(architecture_from_dict(entry["arch"], str(file))): entry["score"]
+                for entry in cached["entries"]}
+    return {_arch_key(arch): score for arch, score in zip(archs, cached["scores"])}
+
+
+def _one_shot(search_dir: Path, archs: list[Architecture], finals: list[float],
+              device: torch.device) -> dict[str, Any]:
+    """Kendall's tau between the supernet's one-shot scores of ``archs`` and their ``finals``. The
+    scores are kept by architecture in the search directory, so that a grown table scores only
+    the architectures it added."""
     file = search_dir / ONE_SHOT_FILE
-    cached = read_json(file, "one-shot scores") if file.is_file() else None
-    if cached is None or len(cached["scores"]) != len(archs):
-        cached = {"scores": one_shot_scores(search_dir, archs, device)}
-        write_json(cached, file)
-    scores = cached["scores"]
+    known = _cached_one_shot_scores(file, archs)
+    missing = [arch for arch in archs if _arch_key(arch) not in known]
+    if missing:
+        print(f"   {len(missing)} of them not scored before", flush=True)
+        known.update(zip(map(_arch_key, missing), one_shot_scores(search_dir, missing, device)))
+        write_json({"entries": [{"arch": arch.to_dict(), "score": known[_arch_key(arch)]} for arch in archs]}, file)
+    scores = [known[_arch_key(arch)] for arch in archs]
     return {"n": len(scores), "kendall_tau": kendall_tau_b(scores, finals) if len(scores) >= 2 else None,
             "scores": scores}
 
