@@ -275,6 +275,12 @@ def test_cost_counts_the_network_of_cost_filter_multiplier_at_cost_input_size():
                        filter_multiplier=2)
     exact = profile_model(autodeeplab_from_arch(arch, 4, filter_multiplier=5), (40, 24))
     assert cost.network_cost(arch)["madds"] == exact.madds and cost.network_cost(arch)["params"] == exact.params
+    # one cost model per process for each space, F, classes and input size; any of them changed, another
+    assert build_trellis_cost(copy.deepcopy(cfg), 4) is cost and build_trellis_cost(cfg, 6) is not cost
+    cfg.cost.input_size = (24, 40)
+    other = build_trellis_cost(cfg, 4)
+    assert other is not cost and other.network_cost(arch)["madds"] == profile_model(
+        autodeeplab_from_arch(arch, 4, filter_multiplier=5), (24, 40)).madds
 
 
 def test_arch_cost_round_trips_and_a_bad_one_is_refused(tmp_path):

@@ -28,6 +28,7 @@ architectures sampled from those distributions. The cost-aware search adds
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -235,6 +236,16 @@ def cost_input_size(cfg: SearchConfig) -> tuple[int, int] | None:
     return None if side is None else (side, side)
 
 
+@functools.lru_cache(maxsize=8)
+def _shared_trellis_cost(layers: int, levels: int, blocks: int, primitives: tuple[str, ...], filter_multiplier: int,
+                         num_classes: int, input_size: tuple[int, ...], free_first_step: bool) -> TrellisCost:
+    """One :class:`TrellisCost` per process for each space, F, classes and input size: profiling
+    one takes seconds, and it only reads (and memoises) costs, so every search, decode and dry run
+    of a process (a scoring's searches, a test session's) can share it."""
+    return TrellisCost(layers, levels, blocks, primitives, filter_multiplier, num_classes, input_size,
+                       free_first_step)
+
+
 def build_trellis_cost(cfg: SearchConfig, num_classes: int) -> TrellisCost | None:
     """The cost model of a hierarchical search config, or None when there is none to build (the
     cifar mode, no input size known, or more levels than the decoded network supports); then a
@@ -248,8 +259,9 @@ def build_trellis_cost(cfg: SearchConfig, num_classes: int) -> TrellisCost | Non
         return None
     m = cfg.model
     try:
-        return TrellisCost(m.layers, m.levels, m.blocks, m.primitives,
-                           cfg.cost.filter_multiplier or m.filter_multiplier, num_classes, size, m.free_first_step)
+        return _shared_trellis_cost(m.layers, m.levels, m.blocks, tuple(m.primitives),
+                                    cfg.cost.filter_multiplier or m.filter_multiplier, num_classes, tuple(size),
+                                    m.free_first_step)
     except UserError:
         if cfg.cost.target_madds is not None:
             raise
