@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from autoseg.space.architecture import read_architecture
 from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.utils.errors import UserError
+from autoseg.search import arch_history
 from autoseg.search.arch_history import evolution_series
 from autoseg.analysis.visualize import evolution_figure
 
@@ -147,3 +148,23 @@ def test_evolution_figure_checks_its_shapes():
         evolution_figure([1, 2, 3], {"cell": np.ones((3, 3))}, ops, np.zeros((2, 2)))
     with pytest.raises(ValueError, match="at least one epoch"):
         evolution_figure([], {}, ops)
+
+
+def test_the_history_figure_is_drawn_once_per_history_and_is_the_png_written(searched, tmp_path, monkeypatch):
+    _, run = searched
+    entries = _lines(run)
+    epochs, weights, paths = evolution_series(entries)
+    expected = evolution_figure(epochs, weights, entries[-1]["primitives"], paths)  # drawn here, uncached
+    drawn = []
+    monkeypatch.setattr(arch_history, "evolution_figure", lambda *a: drawn.append(a) or evolution_figure(*a))
+    arch_history._drawn_history.cache_clear()
+    for _ in range(3):  # an epoch's TensorBoard image and two checkpoints of the next epoch's steps
+        arch_history.write_history(entries, tmp_path, "arch.json")
+        assert np.array_equal(arch_history.history_figure(entries), expected)
+    assert len(drawn) == 1
+    assert (tmp_path / "arch_evolution.png").read_bytes() == (run / "arch_evolution.png").read_bytes()
+    assert np.array_equal(matplotlib.image.imread(tmp_path / "arch_evolution.png")[..., :3],
+                          expected.astype(np.float32) / 255)
+    arch_history.write_history(entries[:1], tmp_path, "arch.json")  # another history: drawn again
+    assert len(drawn) == 2
+    assert (tmp_path / "arch_evolution.png").read_bytes() != (run / "arch_evolution.png").read_bytes()

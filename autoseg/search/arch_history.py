@@ -11,6 +11,7 @@ cell search), one JSON object per line, and drawn in ``RUN/arch_evolution.png``.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,14 @@ def history_entry(epoch: int, arch: Architecture, network: SearchNetwork) -> dic
             "op_weights": {name: np.round(weights[name].astype(np.float64), 6).tolist() for name in network.cell_types}}
 
 
+def history_text(entries: list[dict[str, Any]]) -> str:
+    """The history file's content: one JSON object per entry and line."""
+    return "".join(json.dumps(entry) + "\n" for entry in entries)
+
+
 def write_history(entries: list[dict[str, Any]], run_dir: Path, arch_file: str) -> None:
     """Write the history (every entry, atomically) and, once an epoch is done, its figure."""
-    text = "".join(json.dumps(entry) + "\n" for entry in entries)
+    text = history_text(entries)
     atomic_write(run_dir / history_file(arch_file), lambda tmp: Path(tmp).write_text(text))
     if entries:
         image = history_figure(entries)
@@ -90,6 +96,16 @@ def evolution_series(entries: list[dict[str, Any]]) -> tuple[list[int], dict[str
 
 
 def history_figure(entries: list[dict[str, Any]]) -> np.ndarray:
-    """The figure of the history: the op weights of each cell type and the path over the epochs."""
+    """The figure of the history: the op weights of each cell type and the path over the epochs
+    (read-only). It is drawn once per history: the epoch's TensorBoard image and the
+    ``arch_evolution.png`` of every checkpoint written until the next epoch ends share it."""
+    return _drawn_history(history_text(entries))
+
+
+@functools.lru_cache(maxsize=2)
+def _drawn_history(text: str) -> np.ndarray:
+    entries = [json.loads(line) for line in text.splitlines()]
     epochs, weights, paths = evolution_series(entries)
-    return evolution_figure(epochs, weights, entries[-1]["primitives"], paths)
+    image = evolution_figure(epochs, weights, entries[-1]["primitives"], paths)
+    image.setflags(write=False)
+    return image
