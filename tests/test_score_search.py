@@ -92,6 +92,10 @@ def test_a_grown_table_scores_only_its_new_architectures_with_the_supernet(tool,
     assert grown["scores"][5:] == real(supernet, new, torch.device("cpu"))  # scored alone, as the first 5 were
     assert grown["kendall_tau"] == pytest.approx(kendall_tau_b(grown["scores"], FINALS + [90.0, 10.0]))
     assert tool("score_search")(args)["searches"][0]["one_shot"] == grown and len(scored) == 1  # nothing new
+    kept.write_text(json.dumps({"entries": [{"score": 1.0}]}))  # not a file of scores: one error, nothing run
+    with pytest.raises(UserError, match="is not a file of one-shot scores .*delete it and run the same command"):
+        tool("score_search")(args)
+    assert len(scored) == 1
 
 
 def test_a_search_of_another_space_is_refused_before_anything_runs(tool, tmp_path):

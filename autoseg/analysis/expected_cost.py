@@ -260,7 +260,7 @@ def build_trellis_cost(cfg: SearchConfig, num_classes: int) -> TrellisCost | Non
     m = cfg.model
     try:
         return _shared_trellis_cost(m.layers, m.levels, m.blocks, tuple(m.primitives),
-                                    cfg.cost.filter_multiplier or m.filter_multiplier, num_classes, tuple(size),
+                                    cfg.cost.filter_multiplier or m.filter_multiplier, num_classes, size,
                                     m.free_first_step)
     except UserError:
         if cfg.cost.target_madds is not None:

@@ -107,14 +107,20 @@ def _arch_key(arch: Architecture) -> str:
 
 
 def _cached_one_shot_scores(file: Path, archs: list[Architecture]) -> dict[str, float]:
-    """The one-shot scores ``file`` holds, by architecture. A file of the first format (a list of
-    scores without their architectures) holds the scores of the first architectures of the table,
-    which only grows at its end."""
-    cached = read_json(file, "one-shot scores") if file.is_file() else {"entries": []}
-    if "entries" in cached:
-        return {_arch_key(architecture_from_dict(entry["arch"], str(file))): entry["score"]
-                for entry in cached["entries"]}
-    return {_arch_key(arch): score for arch, score in zip(archs, cached["scores"])}
+    """The one-shot scores ``file`` holds, by :func:`_arch_key`. A file of the first format (a list
+    of scores without their architectures) holds the scores of the first architectures of the
+    table, which only grows at its end. A file of neither format is a UserError."""
+    if not file.is_file():
+        return {}
+    cached = read_json(file, "one-shot scores")
+    try:
+        if "entries" in cached:
+            return {_arch_key(architecture_from_dict(entry["arch"], str(file))): float(entry["score"])
+                    for entry in cached["entries"]}
+        return {_arch_key(arch): float(score) for arch, score in zip(archs, cached["scores"])}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{file} is not a file of one-shot scores ({exc!r}): delete it and run the same "
+                        "command again to score the architectures anew") from exc
 
 
 def _one_shot(search_dir: Path, archs: list[Architecture], finals: list[float],
@@ -123,13 +129,15 @@ def _one_shot(search_dir: Path, archs: list[Architecture], finals: list[float],
     scores are kept by architecture in the search directory, so that a grown table scores only
     the architectures it added."""
     file = search_dir / ONE_SHOT_FILE
+    keys = [_arch_key(arch) for arch in archs]
     known = _cached_one_shot_scores(file, archs)
-    missing = [arch for arch in archs if _arch_key(arch) not in known]
+    missing = [arch for arch, key in zip(archs, keys) if key not in known]
     if missing:
         print(f"   {len(missing)} of them not scored before", flush=True)
         known.update(zip(map(_arch_key, missing), one_shot_scores(search_dir, missing, device)))
-        write_json({"entries": [{"arch": arch.to_dict(), "score": known[_arch_key(arch)]} for arch in archs]}, file)
-    scores = [known[_arch_key(arch)] for arch in archs]
+        write_json({"entries": [{"arch": arch.to_dict(), "score": known[key]} for arch, key in zip(archs, keys)]},
+                   file)
+    scores = [known[key] for key in keys]
     return {"n": len(scores), "kendall_tau": kendall_tau_b(scores, finals) if len(scores) >= 2 else None,
             "scores": scores}
 
