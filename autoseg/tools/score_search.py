@@ -131,10 +131,10 @@ def _one_shot(search_dir: Path, archs: list[Architecture], finals: list[float],
     file = search_dir / ONE_SHOT_FILE
     keys = [_arch_key(arch) for arch in archs]
     known = _cached_one_shot_scores(file, archs)
-    missing = [arch for arch, key in zip(archs, keys) if key not in known]
+    missing = {key: arch for arch, key in zip(archs, keys) if key not in known}
     if missing:
         print(f"   {len(missing)} of them not scored before", flush=True)
-        known.update(zip(map(_arch_key, missing), one_shot_scores(search_dir, missing, device)))
+        known.update(zip(missing, one_shot_scores(search_dir, list(missing.values()), device)))
         write_json({"entries": [{"arch": arch.to_dict(), "score": known[key]} for arch, key in zip(archs, keys)]},
                    file)
     scores = [known[key] for key in keys]
