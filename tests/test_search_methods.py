@@ -19,8 +19,11 @@ from autoseg.engine.checkpoint import load_checkpoint
 from autoseg.utils.errors import UserError
 from autoseg.search.darts_network import DartsSearchNetwork
 from autoseg.search.methods import SEARCH_METHODS, SearchSchedule, build_method, list_methods, method_settings
+from autoseg.search.methods import UpdateTools
+from autoseg.search.methods.drnas import DIRICHLET, dirichlet_kl_to_uniform
 from autoseg.search.methods.gdas import Gdas, GdasSettings, GumbelRelaxation
 from autoseg.search.trellis_network import TrellisSearchNetwork
+from autoseg.space.trellis import transition_mask
 
 REFERENCE = torch.load(REFERENCE_FILE, weights_only=False)
 
@@ -206,6 +209,93 @@ def test_gdas_temperature_decays_linearly_from_tau_max_to_tau_min():
     with pytest.raises(UserError, match="tau_min .* is above tau_max"):
         build_method("gdas", {"tau_min": 20.0}, net, SearchSchedule(5, 0, 0))
 
+
+
+def test_dirichlet_relaxation_is_a_dirichlet_sample_with_its_pathwise_gradient():
+    """DrNAS: in training the weights are a sample of Dir(elu(logits) + 1), and the gradient is that
+    of torch's reparameterised sample with the same draw; in eval the Dirichlet's mean; decoding
+    reads the softmax."""
+    logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(6, 5, dtype=torch.float64)
+    torch.manual_seed(3)
+    weights = DIRICHLET.weights(logits, training=True)
+    (grad,) = torch.autograd.grad((weights * probe).sum(), logits)
+    torch.manual_seed(3)
+    expected = torch.distributions.Dirichlet(torch.nn.functional.elu(logits) + 1).rsample()
+    (expected_grad,) = torch.autograd.grad((expected * probe).sum(), logits)
+    assert torch.allclose(weights, expected) and torch.allclose(grad, expected_grad)
+    concentration = torch.nn.functional.elu(logits.detach()) + 1
+    mean = concentration / concentration.sum(-1, keepdim=True)
+    assert torch.allclose(DIRICHLET.weights(logits, training=False), mean)
+    assert torch.equal(DIRICHLET.probabilities(logits), torch.softmax(logits, -1))
+
+
+def test_dirichlet_samples_a_row_with_invalid_moves_over_its_valid_ones():
+    """A trellis node's row with invalid moves (-inf) is a Dirichlet over its valid moves: zero at
+    the invalid ones, and the valid ones average to their concentrations normalised."""
+    logits = torch.tensor([[0.5, float("-inf"), -0.7], [float("-inf"), 1.5, float("-inf")]]).repeat(20000, 1)
+    torch.manual_seed(0)
+    weights = DIRICHLET.weights(logits, training=True)
+    assert torch.all(weights[::2, 1] == 0) and torch.all(weights[1::2] == torch.tensor([0.0, 1.0, 0.0]))
+    first = weights[::2]
+    concentration = torch.nn.functional.elu(torch.tensor([0.5, -0.7])) + 1
+    mean = concentration / concentration.sum()
+    std = (mean * (1 - mean) / (concentration.sum() + 1)).sqrt()  # of one draw of a Dirichlet entry
+    assert torch.allclose(first.sum(-1), torch.ones(20000))
+    assert torch.all((first[:, [0, 2]].mean(0) - mean).abs() < 4 * std / 20000 ** 0.5)  # within 4 standard errors
+
+
+def test_dirichlet_kl_to_the_uniform_dirichlet_matches_torch_distributions():
+    """The KL term of DrNAS's kl regulariser, row by row over the valid entries, against
+    torch.distributions.kl_divergence on each row's valid entries; a row without one counts 0."""
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4, dtype=torch.float64)
+    logits[0, 1] = logits[3, 0] = logits[3, 3] = float("-inf")
+    logits[2] = float("-inf")
+    expected = 0.0
+    for row in logits:
+        valid = row[torch.isfinite(row)]
+        if len(valid):
+            concentration = torch.nn.functional.elu(valid) + 1
+            expected += float(torch.distributions.kl_divergence(torch.distributions.Dirichlet(concentration),
+                                                                torch.distributions.Dirichlet(torch.ones_like(valid))))
+    assert float(dirichlet_kl_to_uniform(logits)) == pytest.approx(expected, rel=1e-12)
+    logits.requires_grad_(True)
+    (grad,) = torch.autograd.grad(dirichlet_kl_to_uniform(logits), logits)
+    assert torch.all(torch.isfinite(grad)) and torch.all(grad[~torch.isfinite(logits.detach())] == 0)
+
+
+def test_drnas_kl_regularizer_enters_the_architecture_loss_in_place_of_weight_decay():
+    """With ``regularizer: kl`` the architecture gradient is that of the validation loss plus
+    kl_scale times the KL of alpha's and beta's rows (over the valid moves) to the uniform Dirichlet,
+    and the architecture optimiser's weight decay is 0, as in DrNAS's code."""
+    net = TrellisSearchNetwork(3, layers=2, levels=2, blocks=2, filter_multiplier=2, aspp_channels=8)
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.copy_(torch.randn_like(p))
+    method = build_method("drnas", {"regularizer": "kl", "kl_scale": 0.5}, net, SearchSchedule(2, 0, seed=0))
+    criterion = torch.nn.CrossEntropyLoss()
+    arch_optimizer = torch.optim.Adam(net.arch_parameters(), lr=3e-3, weight_decay=1e-3)
+    method.prepare(UpdateTools(criterion, arch_optimizer, torch.optim.SGD(net.weight_parameters(), lr=0.1),
+                               torch.amp.GradScaler(enabled=False), None, net))
+    assert arch_optimizer.param_groups[0]["weight_decay"] == 0.0
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    net.train()
+    torch.manual_seed(1)
+    _, grads = method.architecture_gradient((x, y), (x, y), 0.0)
+    mask = transition_mask(2, 2, net.free_first_step)
+    kl = 0.0
+    for logits, valid in ((net.alphas, torch.ones_like(net.alphas, dtype=torch.bool)), (net.betas, mask)):
+        for row, row_valid in zip(logits.reshape(-1, logits.shape[-1]), valid.reshape(-1, logits.shape[-1])):
+            if row_valid.any():
+                concentration = torch.nn.functional.elu(row[row_valid]) + 1
+                kl = kl + torch.distributions.kl_divergence(torch.distributions.Dirichlet(concentration),
+                                                            torch.distributions.Dirichlet(torch.ones_like(concentration)))
+    torch.manual_seed(1)
+    expected = torch.autograd.grad(criterion(net(x), y) + 0.5 * kl, [net.alphas, net.betas])
+    assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(grads, expected))
+    with pytest.raises(UserError, match="regularizer 'l1' is not one of DrNAS's: l2, kl"):
+        build_method("drnas", {"regularizer": "l1"}, net, SearchSchedule(2, 0, seed=0))
 
 @pytest.mark.parametrize("seed", range(3))
 def test_architecture_weights_run_the_supernet_at_the_architecture_they_encode(seed):

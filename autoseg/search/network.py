@@ -81,6 +81,12 @@ class SearchNetwork(nn.Module, abc.ABC):
     def cell_logits(self) -> dict[str, torch.Tensor]:
         """The alpha of each cell type (:attr:`cell_types`), ``(num_edges, num_ops)``."""
 
+    def choice_logits(self) -> dict[str, torch.Tensor]:
+        """Every row of logits the relaxation weights, by choice name, invalid entries at
+        ``-inf``: the alpha of each cell type (:meth:`cell_logits`), and whatever else a supernet
+        adds."""
+        return self.cell_logits()
+
     @abc.abstractmethod
     def architecture_weights(self, arch: Architecture) -> dict[str, torch.Tensor]:
         """The choice weights that run this supernet at ``arch`` (one-hot rows), by choice name,

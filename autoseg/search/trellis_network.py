@@ -52,7 +52,7 @@ from autoseg.search.network import SearchNetwork
 from autoseg.space.sampling import sample_network_arch
 from autoseg.search.relaxation import cell_choice_weights, path_transition_weights
 from autoseg.search.node_recomputation import recomputed_in_backward
-from autoseg.space.trellis import predecessors, transition_probabilities, trellis_nodes
+from autoseg.space.trellis import predecessors, transition_mask, transition_probabilities, trellis_nodes
 from autoseg.analysis.visualize import alpha_heatmap, cell_figure, trellis_figure
 
 STEM_CHANNELS = (64, 64, 128)
@@ -234,6 +234,11 @@ class TrellisSearchNetwork(SearchNetwork):
     def cell_logits(self) -> dict[str, torch.Tensor]:
         """alpha, shared by every cell."""
         return {"cell": self.alphas}
+
+    def choice_logits(self) -> dict[str, torch.Tensor]:
+        """alpha, and beta with the invalid moves at ``-inf`` (a node without a move: a row of ``-inf``)."""
+        mask = transition_mask(self.num_layers, self.num_levels, self.free_first_step).to(self.betas.device)
+        return {**self.cell_logits(), "transitions": self.betas.masked_fill(~mask, float("-inf"))}
 
     def architecture_weights(self, arch: NetworkArch) -> dict[str, torch.Tensor]:
         """One-hot rows of the cell of ``arch`` and one-hot transitions along its path."""

@@ -15,6 +15,7 @@ from autoseg.utils.errors import UserError
 from autoseg.search.methods.base import Evaluator, SearchMethod, SearchSchedule, UpdateTools
 from autoseg.search.methods.darts import Darts
 from autoseg.search.methods.darts_pt import DartsPt
+from autoseg.search.methods.drnas import Drnas
 from autoseg.search.methods.gdas import Gdas
 from autoseg.search.methods.random_ws import RandomWeightSharing
 from autoseg.search.network import SearchNetwork
@@ -76,5 +77,5 @@ def build_method(name: str, options: dict[str, Any] | None, network: SearchNetwo
     return method
 
 
-for _method in (Darts, Gdas, DartsPt, RandomWeightSharing):
+for _method in (Darts, Gdas, DartsPt, RandomWeightSharing, Drnas):
     register_method(_method)
