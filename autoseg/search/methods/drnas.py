@@ -27,6 +27,7 @@ from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch.distributions import Dirichlet, kl_divergence
 
 from autoseg.config import Bounds
 from autoseg.search.methods.base import GradientMethod, UpdateTools
@@ -57,7 +58,7 @@ class DirichletRelaxation(Relaxation):
         if training:
             valid = torch.isfinite(logits)
             full_row = torch.where(valid, concentration, torch.ones_like(concentration))
-            concentration = torch.distributions.Dirichlet(full_row).rsample().masked_fill(~valid, 0.0)
+            concentration = Dirichlet(full_row).rsample().masked_fill(~valid, 0.0)
         return concentration / concentration.sum(-1, keepdim=True)
 
 
@@ -65,19 +66,17 @@ DIRICHLET = DirichletRelaxation()
 
 
 def dirichlet_kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
-    """The sum over the rows of ``logits`` of KL(Dir(a) || Dir(1, ..., 1)), ``a`` the row's
-    :func:`dirichlet_concentration` over its K finite entries:
-    ``lgamma(a0) - sum lgamma(a_i) - lgamma(K) + sum (a_i - 1)(digamma(a_i) - digamma(a0))``,
-    ``a0 = sum a_i``; a row without a finite entry counts 0."""
-    valid = torch.isfinite(logits)
-    alpha = torch.where(valid, dirichlet_concentration(logits), torch.ones_like(logits))
-    count = valid.sum(-1).to(logits.dtype)
-    has_entry = count > 0
-    total = torch.where(has_entry, (alpha * valid).sum(-1), torch.ones_like(count))
-    count = torch.where(has_entry, count, torch.ones_like(count))
-    per_entry = torch.where(valid, (alpha - 1) * (torch.digamma(alpha) - torch.digamma(total).unsqueeze(-1))
-                            - torch.lgamma(alpha), torch.zeros_like(alpha))
-    return (torch.lgamma(total) - torch.lgamma(count) + per_entry.sum(-1)).sum()
+    """The sum over the rows of ``logits`` of KL(Dir(a) || Dir(1, ..., 1)) by
+    ``torch.distributions.kl_divergence``, ``a`` the row's :func:`dirichlet_concentration` over its
+    finite entries (rows grouped by which entries are finite); a row without one counts 0."""
+    rows = logits.reshape(-1, logits.shape[-1])
+    valid = torch.isfinite(rows)
+    total = rows.new_zeros(())
+    for pattern in torch.unique(valid, dim=0):
+        if pattern.any():
+            concentration = dirichlet_concentration(rows[(valid == pattern).all(-1)][:, pattern])
+            total = total + kl_divergence(Dirichlet(concentration), Dirichlet(torch.ones_like(concentration))).sum()
+    return total
 
 
 @dataclass
